@@ -1,0 +1,117 @@
+"""Deterministic patient-level splits of a dataset folder into a MONAI datalist.
+
+The split depends only on the patient ids and the seed, so it is the same on every machine and
+for every run, and a patient's scans (BraTS 2023 time points) never straddle two sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bundle.layouts import find_cases, patient_id
+from bundle.validation import validate_case
+
+
+def split_patients(
+    patients: list[str], num_folds: int, test_fraction: float, seed: int
+) -> tuple[list[str], list[list[str]]]:
+    """Shuffle the sorted patient ids with the seed; the first ones are the test set, the rest
+    are dealt round-robin into ``num_folds`` folds."""
+    if num_folds < 1:
+        raise ValueError(f"num_folds must be >= 1, got {num_folds}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    order = sorted(set(patients))
+    rng = np.random.default_rng(seed)
+    order = [order[i] for i in rng.permutation(len(order))]
+    n_test = math.ceil(test_fraction * len(order)) if test_fraction > 0 else 0
+    rest = order[n_test:]
+    return order[:n_test], [rest[k::num_folds] for k in range(num_folds)]
+
+
+def build_datalist(
+    dataset_dir: str | Path,
+    num_folds: int = 5,
+    fold: int = 0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    read_data: bool = True,
+) -> dict:
+    """Validate every case of a dataset folder and split it for training.
+
+    Returns ``{"training", "validation", "testing"}`` lists of datalist entries (each with its
+    ``fold``; -1 for test cases) plus the split settings. Labelled cases are split by patient:
+    test patients first, then ``fold`` is validation and the other folds are training. Cases
+    without a label file cannot be trained on and all go to ``testing``.
+    """
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
+    cases = find_cases(dataset_dir)
+    for case in cases:
+        validate_case(case, read_data=read_data)
+    labelled = [c for c in cases if "label" in c]
+    test_patients, folds = split_patients(
+        [patient_id(c) for c in labelled], num_folds, test_fraction, seed
+    )
+    fold_of = {p: k for k, patients in enumerate(folds) for p in patients}
+    fold_of.update({p: -1 for p in test_patients})
+    datalist = {"training": [], "validation": [], "testing": []}
+    for case in cases:
+        entry = dict(case, fold=fold_of.get(patient_id(case), -1))
+        if entry["fold"] == -1:
+            datalist["testing"].append(entry)
+        elif entry["fold"] == fold:
+            datalist["validation"].append(entry)
+        else:
+            datalist["training"].append(entry)
+    datalist.update(
+        dataset_dir=str(dataset_dir),
+        layout=cases[0]["layout"],
+        num_folds=num_folds,
+        fold=fold,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    return datalist
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    """Write JSON atomically: a killed run leaves the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_datalist(
+    datalist_file: str | Path | None,
+    dataset_dir: str | Path,
+    num_folds: int = 5,
+    fold: int = 0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """The datalist the configs train on: a written file if given, else built from the folder."""
+    if datalist_file:
+        path = Path(datalist_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"datalist file {path} does not exist")
+        datalist = json.loads(path.read_text())
+        for key in ("training", "validation", "testing"):
+            for case in datalist.get(key, []):
+                validate_case(case, read_data=False)
+        return datalist
+    return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data=False)

@@ -1,0 +1,101 @@
+"""Writing outputs so that a killed run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import torch
+from monai.config import KeysCollection, PathLike
+from monai.data import NibabelWriter
+from monai.transforms import MapTransform, SaveImaged
+
+from bundle.layouts import output_name_formatter
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """``NibabelWriter`` that writes to a hidden temporary file and renames it into place.
+
+    A reader (or 3D Slicer) therefore sees a complete NIfTI or none. The temporary name keeps
+    the extension so that nibabel still compresses ``.nii.gz``.
+    """
+
+    def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs) -> None:
+        path = Path(filename)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        try:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+OUTPUTS: dict[str, tuple[str, torch.dtype]] = {
+    "mean": ("mean", torch.float32),
+    "variance": ("var", torch.float32),
+    "samples": ("samples", torch.float32),
+    "pred": ("seg", torch.uint8),
+}
+"""Inference outputs: data key -> (file postfix, dtype); ``_seg`` makes Slicer load a labelmap."""
+
+REQUIRED_OUTPUTS: tuple[str, ...] = ("mean", "variance", "pred")
+
+
+def output_path(output_dir: str | Path, case_id: str, key: str) -> Path:
+    """The file inference writes for one output of one case, e.g. ``<out>/<case>_mean.nii.gz``."""
+    return Path(output_dir) / f"{case_id}_{OUTPUTS[key][0]}.nii.gz"
+
+
+def pending_cases(cases: list[dict], output_dir: str | Path, overwrite: bool = False) -> list[dict]:
+    """The cases still to run: with ``overwrite`` false, a case whose outputs all exist is skipped
+    (and said so), so a stopped run over a folder picks up where it ended."""
+    if overwrite:
+        return cases
+    pending = []
+    for case in cases:
+        done = all(output_path(output_dir, case["case_id"], k).is_file() for k in REQUIRED_OUTPUTS)
+        if done:
+            logger.info(
+                f"{case['case_id']}: outputs exist in {output_dir}, skipped "
+                "(overwrite=true to redo)"
+            )
+        else:
+            pending.append(case)
+    return pending
+
+
+class SaveEnsembled(MapTransform):
+    """Write a case's mean, variance, segmentation (and samples, when present) as NIfTI.
+
+    One ``SaveImaged`` per output, each with the bundle's name and dtype, in the geometry the
+    data carry (``Invertd`` has put them back into the input's), through the atomic writer.
+    """
+
+    def __init__(self, output_dir: str, keys: KeysCollection = tuple(OUTPUTS)) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.savers = [
+            SaveImaged(
+                keys=key,
+                output_dir=output_dir,
+                output_postfix=OUTPUTS[key][0],
+                output_dtype=OUTPUTS[key][1],
+                resample=False,
+                separate_folder=False,
+                output_name_formatter=output_name_formatter,
+                writer=AtomicNibabelWriter,
+                print_log=False,
+                allow_missing_keys=True,
+            )
+            for key in self.keys
+        ]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for saver in self.savers:
+            d = saver(d)
+        return d

@@ -1,0 +1,104 @@
+"""Per-case summary line and quick-look PNG of an inference run: people look before they read."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from ignite.engine import Engine, Events  # noqa: E402
+
+from bundle.io import output_path  # noqa: E402
+from bundle.layouts import MODALITIES, case_id_from_path  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def _canonical(path: Path, channel: int | None = None) -> np.ndarray:
+    image = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asanyarray(image.dataobj, dtype=np.float32)
+    return data[..., channel] if channel is not None else data
+
+
+def write_quicklook(case: dict, output_dir: str | Path) -> Path:
+    """FLAIR with the segmentation outline, the mean and the variance, on the axial slice (RAS)
+    with the most tumour, read back from the written files."""
+    case_id = case["case_id"]
+    png = Path(output_dir) / f"{case_id}_quicklook.png"
+    images = case["image"]
+    flair_index = MODALITIES.index("flair")
+    if isinstance(images, str):  # one 4-D file: FLAIR is the stored channel channel_order[flair]
+        flair = _canonical(Path(images), int(case["channel_order"][flair_index]))
+    else:
+        flair = _canonical(Path(images[flair_index]))
+    seg, mean, var = (
+        _canonical(output_path(output_dir, case_id, k)) for k in ("pred", "mean", "variance")
+    )
+    per_slice = seg.reshape(-1, seg.shape[2]).sum(0)
+    z = int(per_slice.argmax()) if per_slice.max() > 0 else int(np.argmax((flair > 0).sum((0, 1))))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    view = [np.rot90(a[:, :, z]) for a in (flair, seg, mean, var)]
+    axes[0].imshow(view[0], cmap="gray")
+    if view[1].any():
+        axes[0].contour(view[1], levels=[0.5], colors="red", linewidths=1)
+    axes[0].set_title(f"FLAIR + segmentation, slice {z}")
+    shown = axes[1].imshow(view[2], cmap="magma", vmin=0, vmax=1)
+    axes[1].set_title("ensemble mean")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    shown = axes[2].imshow(view[3], cmap="viridis", vmin=0, vmax=max(float(var.max()), 1e-6))
+    axes[2].set_title("variance (uncertainty)")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(case_id)
+    fig.tight_layout()
+    tmp = png.with_name(f".tmp-{png.name}")
+    fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    tmp.replace(png)
+    return png
+
+
+def case_summary(seg: np.ndarray, variance: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    """Tumour volume (ml) and mean variance inside the predicted tumour."""
+    tumour = seg > 0
+    return {
+        "tumour_ml": float(tumour.sum() * voxel_ml),
+        "variance_in_tumour": float(variance[tumour].mean()) if tumour.any() else 0.0,
+    }
+
+
+class CaseSummary:
+    """Evaluator handler: one line per case (volume, variance, seconds) and its quick-look PNG."""
+
+    def __init__(self, output_dir: str, datalist: list[dict], quicklook: bool = True) -> None:
+        self.output_dir = output_dir
+        self.cases = {case["case_id"]: case for case in datalist}
+        self.quicklook = quicklook
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+
+    def _completed(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            seg = item["pred"]
+            case_id = case_id_from_path(seg.meta["filename_or_obj"])
+            voxel_ml = float(np.prod(seg.pixdim[:3])) / 1000.0
+            stats = case_summary(seg.cpu().numpy(), item["variance"].cpu().numpy(), voxel_ml)
+            if self.quicklook:
+                write_quicklook(self.cases[case_id], self.output_dir)
+            logger.info(
+                f"{case_id}: tumour {stats['tumour_ml']:.1f} ml, mean variance in tumour "
+                f"{stats['variance_in_tumour']:.4f}, {time.perf_counter() - self._start:.1f} s"
+            )

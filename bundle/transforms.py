@@ -1,0 +1,171 @@
+"""Dictionary transforms the BraTS pipeline needs beyond MONAI's own."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from bundle.layouts import LAYOUTS, MODALITIES
+
+REGIONS: dict[str, tuple[str, ...]] = {
+    "wt": ("necrosis", "edema", "enhancing"),
+    "tc": ("necrosis", "enhancing"),
+    "et": ("enhancing",),
+}
+"""BraTS evaluation regions as unions of named sub-regions (whole tumour, core, enhancing)."""
+
+
+def region_values(layout: str, region: str) -> list[int]:
+    """Label values of one region under one layout's numbering."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; expected one of {sorted(REGIONS)}")
+    return [LAYOUTS[layout].label(name) for name in REGIONS[region]]
+
+
+class ReorderChannelsd(MapTransform):
+    """Put the image channels in the bundle's t1, t1ce, t2, flair order.
+
+    The order comes with each case (``channel_order`` in its datalist entry), since a 4-D MSD
+    file stores FLAIR first while separate BraTS files are loaded in the right order already.
+    """
+
+    def __init__(self, keys: KeysCollection, order_key: str = "channel_order") -> None:
+        super().__init__(keys)
+        self.order_key = order_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        order = [int(i) for i in d.get(self.order_key, range(len(MODALITIES)))]
+        for key in self.key_iterator(d):
+            if d[key].shape[0] != len(MODALITIES):
+                raise ValueError(
+                    f"{_source(d[key])}: image has {d[key].shape[0]} channels, expected "
+                    f"{len(MODALITIES)} ({', '.join(MODALITIES)})"
+                )
+            if order != list(range(len(MODALITIES))):
+                d[key] = d[key][order]
+        return d
+
+
+class LabelToRegionsd(MapTransform):
+    """Turn a layout's integer labelmap into one binary channel per region (e.g. whole tumour).
+
+    The layout (``layout`` in the datalist entry) says which numbers mean which sub-region, so
+    BraTS 2020 (1, 2, 4), BraTS 2023 and MSD (1, 2, 3) give the same regions.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        regions: Sequence[str] = ("wt",),
+        layout_key: str = "layout",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.regions = tuple(regions)
+        self.layout_key = layout_key
+        for region in self.regions:
+            region_values("brats2020", region)  # fail at construction on an unknown region
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        layout = d.get(self.layout_key, "brats2020")
+        for key in self.key_iterator(d):
+            label = d[key]
+            channels = [
+                torch.isin(label[0], torch.as_tensor(region_values(layout, r), device=label.device))
+                for r in self.regions
+            ]
+            regions = torch.stack(channels).to(torch.float32)
+            d[key] = (
+                MetaTensor(regions, meta=label.meta, applied_operations=label.applied_operations)
+                if isinstance(label, MetaTensor)
+                else regions
+            )
+        return d
+
+
+class SelectSlicesd(MapTransform):
+    """Pick a fixed, evenly spread set of axial slices of a volume, half with tumour.
+
+    Validation needs the same slices every epoch (random crops would make its Dice noisy), and
+    half of them with tumour so that the Dice says something. Returns one 2-D dict per slice.
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", num_slices: int = 8) -> None:
+        super().__init__(keys)
+        self.label_key = label_key
+        self.num_slices = num_slices
+
+    def _slice_indices(self, image: torch.Tensor, label: torch.Tensor) -> list[int]:
+        tumour = label.reshape(-1, label.shape[-1]).any(0)
+        brain = (image != 0).reshape(-1, image.shape[-1]).any(0)
+        with_tumour = torch.nonzero(tumour).flatten().tolist()
+        without = torch.nonzero(brain & ~tumour).flatten().tolist()
+        n_tumour = min(len(with_tumour), (self.num_slices + 1) // 2)
+        n_other = min(len(without), self.num_slices - n_tumour)
+        return sorted(_evenly(with_tumour, n_tumour) + _evenly(without, n_other))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
+        d = dict(data)
+        first = next(iter(self.key_iterator(d)))
+        indices = self._slice_indices(d[first], d[self.label_key])
+        out = []
+        for z in indices:
+            item = dict(d)
+            for key in self.key_iterator(d):
+                item[key] = d[key][..., z]
+            item["slice_index"] = z
+            out.append(item)
+        return out
+
+
+def _evenly(values: list[int], n: int) -> list[int]:
+    if n <= 0:
+        return []
+    picks = np.linspace(0, len(values) - 1, n + 2)[1:-1] if n < len(values) else range(len(values))
+    return [values[int(round(i))] for i in picks]
+
+
+def _source(tensor: torch.Tensor) -> str:
+    meta = getattr(tensor, "meta", {}) or {}
+    return str(meta.get("filename_or_obj", "image"))
+
+
+class SplitEnsembled(MapTransform):
+    """Split the ensemble inferer's output into the segmentation, the mean and the variance.
+
+    The inferer returns C mean channels, C variance channels, then any samples; the
+    segmentation is the mean thresholded at 0.5, as in the paper.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        num_channels: int = 1,
+        threshold: float = 0.5,
+        mean_key: str = "mean",
+        variance_key: str = "variance",
+        samples_key: str = "samples",
+    ) -> None:
+        super().__init__(keys)
+        self.num_channels = num_channels
+        self.threshold = threshold
+        self.mean_key, self.variance_key, self.samples_key = mean_key, variance_key, samples_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        c = self.num_channels
+        for key in self.key_iterator(d):
+            out = d[key]
+            d[self.mean_key] = out[:c]
+            d[self.variance_key] = out[c : 2 * c]
+            if out.shape[0] > 2 * c:
+                d[self.samples_key] = out[2 * c :]
+            d[key] = (out[:c] > self.threshold).to(torch.uint8)
+        return d

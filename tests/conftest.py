@@ -1,0 +1,28 @@
+"""Shared fixtures: small synthetic datasets in every supported layout, generated once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from scripts.make_demo_data import make_demo_data  # noqa: E402
+
+SMALL_SHAPE = (64, 64, 40)
+LAYOUT_NAMES = ("brats2020", "brats2023", "msd")
+
+
+@pytest.fixture(scope="session")
+def small_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three cases per layout, the same seed for all, so every layout holds the same anatomy."""
+    root = tmp_path_factory.mktemp("datasets")
+    for layout in LAYOUT_NAMES:
+        make_demo_data(
+            output_dir=str(root / layout), num_cases=3, seed=0, layout=layout, shape=SMALL_SHAPE
+        )
+    return {layout: root / layout for layout in LAYOUT_NAMES}

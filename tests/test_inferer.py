@@ -1,0 +1,187 @@
+"""ImplicitEnsembleInferer with a tiny real DiffusionModelUNet and with an exact-noise oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDPMScheduler
+from torch import nn
+
+from bundle.inferer import ImplicitEnsembleInferer
+from bundle.sampling import make_sampler
+
+NUM_STEPS = 3
+
+
+def tiny_unet() -> DiffusionModelUNet:
+    torch.manual_seed(0)
+    return DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=5,
+        out_channels=1,
+        channels=(8, 8),
+        attention_levels=(False, False),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        include_fc=False,
+    )
+
+
+class Recorder(nn.Module):
+    """Wraps a network and records what it is called with."""
+
+    def __init__(self, network: nn.Module, mask_channels: int = 1) -> None:
+        super().__init__()
+        self.network, self.mask_channels = network, mask_channels
+        self.images: list[torch.Tensor] = []
+        self.batch_sizes: list[int] = []
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.images.append(x[:, self.mask_channels :].clone())
+        self.batch_sizes.append(x.shape[0])
+        self.modes.append(self.network.training)
+        return self.network(x=x, timesteps=timesteps)
+
+
+class ExactNoise(nn.Module):
+    """Predicts the exact noise for the mask ``image[:, :C] > 0``; has no ``out_channels``."""
+
+    def __init__(self, mask_channels: int) -> None:
+        super().__init__()
+        self.mask_channels = mask_channels
+        self.register_buffer("abar", DDPMScheduler().alphas_cumprod)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        x_t, image = x[:, : self.mask_channels], x[:, self.mask_channels :]
+        x0 = (image[:, : self.mask_channels] > 0).float() * 2 - 1
+        a = self.abar[timesteps].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def make_inferer(**kwargs) -> ImplicitEnsembleInferer:
+    kwargs = {"sampler": make_sampler("ddim", NUM_STEPS), "num_samples": 3, **kwargs}
+    return ImplicitEnsembleInferer(**kwargs)
+
+
+def images(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((2, 4, 16, 16), (2, 2, 16, 16)), ((1, 4, 16, 16, 3), (1, 2, 16, 16, 3))],
+)
+def test_shapes_and_ranges(shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    out = make_inferer()(images(*shape), tiny_unet())
+    assert out.shape == expected
+    mean, var = out[:, :1], out[:, 1:]
+    assert mean.min() >= 0 and mean.max() <= 1
+    assert var.min() >= 0 and var.max() <= 0.25
+    assert var.max() > 0
+
+
+def test_return_samples_and_single_sample() -> None:
+    image = images(1, 4, 16, 16, 2)
+    out = make_inferer(return_samples=True, progress=True)(image, tiny_unet())
+    assert out.shape == (1, 2 + 3, 16, 16, 2)
+    samples = out[:, 2:]
+    torch.testing.assert_close(out[:, :1], samples.mean(1, keepdim=True))
+    torch.testing.assert_close(out[:, 1:2], samples.var(1, keepdim=True, unbiased=False))
+
+    single = make_inferer(num_samples=1, return_samples=True)(image, tiny_unet())
+    assert single.shape == (1, 3, 16, 16, 2)
+    assert torch.equal(single[:, 1], torch.zeros_like(single[:, 1]))
+    assert torch.equal(single[:, 0], single[:, 2])
+
+
+def test_empty_slices_are_skipped() -> None:
+    image = images(1, 4, 16, 16, 4)
+    image[..., 0] = 0
+    image[..., 3] = 0.05  # below brain_threshold
+    recorder = Recorder(tiny_unet())
+    out = make_inferer(brain_threshold=0.1)(image, recorder)
+    for skipped in (0, 3):
+        assert torch.equal(out[..., skipped], torch.zeros_like(out[..., skipped]))
+    assert all((batch.abs() > 0.1).flatten(1).any(1).all() for batch in recorder.images)
+    # one probe image for the memory estimate, then steps x samples x kept slices
+    assert sum(recorder.batch_sizes) == 1 + NUM_STEPS * 3 * 2
+
+    recorder = Recorder(tiny_unet())
+    out = make_inferer()(torch.zeros(2, 4, 16, 16), recorder)
+    assert recorder.batch_sizes == [] and torch.equal(out, torch.zeros(2, 2, 16, 16))
+
+
+def test_seed_determines_output() -> None:
+    image, network = images(2, 4, 16, 16), tiny_unet()
+    first = make_inferer(seed=7)(image, network)
+    assert torch.equal(first, make_inferer(seed=7)(image, network))
+    assert not torch.allclose(first, make_inferer(seed=8)(image, network))
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_memory_budget_only_changes_chunking(eta: float) -> None:
+    image, sampler = images(1, 4, 16, 16, 3), make_sampler("ddim", NUM_STEPS, eta=eta)
+    small, large = Recorder(tiny_unet()), Recorder(tiny_unet())
+    out_small = make_inferer(sampler=sampler, memory_budget_mb=1e-6)(image, small)
+    out_large = make_inferer(sampler=sampler, memory_budget_mb=4096)(image, large)
+    assert set(small.batch_sizes) == {1}
+    assert large.batch_sizes == [1] + [3 * 3] * NUM_STEPS
+    torch.testing.assert_close(out_small, out_large, atol=1e-5, rtol=0)
+
+
+def test_eval_mode_during_call_and_restored() -> None:
+    recorder = Recorder(tiny_unet()).train()
+    make_inferer()(images(1, 4, 16, 16), recorder)
+    assert recorder.modes and not any(recorder.modes)
+    assert recorder.training and recorder.network.training
+
+
+def test_metatensor_meta_is_kept() -> None:
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0], dtype=torch.float64))
+    image = MetaTensor(images(4, 16, 16, 2), affine=affine, meta={"filename_or_obj": "case.nii"})
+    image.push_applied_operation({"class": "Orientation", "id": 1})
+    image = MetaTensor(image[None]).copy_meta_from(image)
+    out = make_inferer()(image, tiny_unet())
+    assert isinstance(out, MetaTensor)
+    assert out.meta["filename_or_obj"] == "case.nii"
+    torch.testing.assert_close(out.affine, affine)
+    assert out.applied_operations == image.applied_operations
+    out[0] += 1  # post-processing may work in place (no inference-mode tensor escapes)
+
+
+@pytest.mark.parametrize("mask_channels", [1, 2])
+def test_exact_noise_network_gives_the_mask(mask_channels: int) -> None:
+    """Chunks that straddle slices and samples (budget for 4 network inputs) must still pair
+    every sample with its own slice's image; the mask channels come from ``mask_channels``."""
+    image = images(2, 4, 12, 12, 3)
+    mask = (image[:, :mask_channels] > 0).float()
+    input_bytes = (mask_channels + 4) * 12 * 12 * 4
+    inferer = make_inferer(mask_channels=mask_channels, memory_budget_mb=4.5 * input_bytes / 2**20)
+    recorder = Recorder(ExactNoise(mask_channels), mask_channels)
+    out = inferer(image, recorder)
+    assert recorder.batch_sizes == [1] + [4, 4, 4, 4, 2] * NUM_STEPS  # 3 samples x 6 slices
+    assert out.shape == (2, 2 * mask_channels, 12, 12, 3)
+    torch.testing.assert_close(out[:, :mask_channels], mask, atol=1e-4, rtol=0)
+    assert out[:, mask_channels:].abs().max() < 1e-6
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="got"):
+        make_inferer()(torch.zeros(4, 16, 16), tiny_unet())
+    with pytest.raises(ValueError, match="num_samples"):
+        make_inferer(num_samples=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_with_amp() -> None:
+    image = images(1, 4, 16, 16, 2).cuda()
+    network = tiny_unet().cuda()
+    out = make_inferer(amp=True)(image, network)
+    assert out.device == image.device and out.dtype == torch.float32
+    assert torch.equal(out, make_inferer(amp=True)(image, network))
+    mask = (image[:, :1] > 0).float()
+    exact = make_inferer(memory_budget_mb=1e-3)(image, ExactNoise(1).cuda())
+    torch.testing.assert_close(exact[:, :1], mask, atol=1e-4, rtol=0)
