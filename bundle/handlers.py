@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 from monai.handlers import CheckpointLoader
+from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,9 @@ class ResumableCheckpoint:
 
     Saves ``save_dict`` (network, optimizer, lr scheduler, ...) and the engine it is attached to
     (under ``"trainer"``: its epoch and iteration) to ``save_dir/filename`` every ``interval``
-    iterations and at the end of every epoch, atomically. If the file exists (and ``resume`` is
-    true) it is loaded when the run starts, so training continues where the saved run stopped.
+    iterations, at the end of every epoch and when the run is terminated (time limit), through
+    an atomic rename. If the file exists (and ``resume`` is true) it is loaded when the run
+    starts, so training continues where the saved run stopped.
     """
 
     def __init__(
@@ -61,10 +65,16 @@ class ResumableCheckpoint:
             CheckpointLoader(str(self.path), self.save_dict, map_location="cpu").attach(engine)
         if self.interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        engine.add_event_handler(Events.EPOCH_COMPLETED | Events.TERMINATE, self.save)
 
     def save(self, engine: Engine) -> None:
-        state = {key: obj.state_dict() for key, obj in self.save_dict.items()}
+        """Write the state; under DDP only rank 0 writes, without the wrapper's prefixes."""
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        state = {
+            key: (obj.module if isinstance(obj, DistributedDataParallel) else obj).state_dict()
+            for key, obj in self.save_dict.items()
+        }
         atomic_torch_save(state, self.path)
 
 
@@ -80,3 +90,32 @@ class ProgressBar:
             bar.attach(engine)
         else:
             bar.attach(engine, output_transform=self.output_transform)
+
+
+class TimeLimit:
+    """Stop training after ``limit_sec`` of wall-clock time, e.g. to compare methods at equal
+    training time; the checkpoint handler saves on termination, so the run can be resumed.
+
+    Under DDP the ranks agree on when to stop (one all-reduce of a flag per iteration): a rank
+    that stopped alone would leave the others waiting in their gradient all-reduce.
+    """
+
+    def __init__(self, limit_sec: float) -> None:
+        self.limit_sec = limit_sec
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        over = torch.tensor(float(time.perf_counter() - self._start > self.limit_sec))
+        if dist.is_available() and dist.is_initialized():
+            over = over.to(engine.state.device if hasattr(engine.state, "device") else "cpu")
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        if over.item() > 0:
+            logger.info(f"training time limit of {self.limit_sec:.0f} s reached, stopping")
+            engine.terminate()

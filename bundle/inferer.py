@@ -16,17 +16,105 @@ from tqdm import tqdm
 from bundle.sampling import Sampler
 
 
-class ImplicitEnsembleInferer(Inferer):
+class SliceEnsembleInferer(Inferer):
     """Segment 2-D slices ``(B, 4, H, W)`` or 3-D volumes ``(B, 4, H, W, D)`` (axial slices along
-    the last axis) with an implicit ensemble of diffusion samples.
+    the last axis) as an ensemble of N masks per slice, returned as mean and variance.
 
-    For every slice, ``num_samples`` masks are drawn with ``sampler`` from a network called as
+    Subclasses draw the N masks of the kept slices (:meth:`_samples`); this class moves volumes
+    to slices and back, skips slices without brain, and assembles the output: ``2 * C`` channels,
+    C = ``network.out_channels`` (else ``mask_channels``): the ensemble mean, then the population
+    variance (0 where all samples agree). ``return_samples`` appends the ``N * C`` sample
+    channels, sample-major. Slices with no voxel of any channel where ``|value| >
+    brain_threshold`` cost no network call and get 0 everywhere; so do the pixels of kept slices
+    where no channel exceeds it (outside the brain). A MetaTensor input gives a
+    MetaTensor output with the input's meta data, as ``Invertd`` needs.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 5,
+        seed: int = 0,
+        memory_budget_mb: float = 4096,
+        brain_threshold: float = 0.0,
+        mask_channels: int = 1,
+        return_samples: bool = False,
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.memory_budget_mb = memory_budget_mb
+        self.brain_threshold = brain_threshold
+        self.mask_channels = mask_channels
+        self.return_samples = return_samples
+
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Run the ensemble; ``args``/``kwargs`` exist for the ``Inferer`` API and are unused."""
+        if inputs.ndim not in (4, 5):
+            shape = tuple(inputs.shape)
+            raise ValueError(f"Expected (B, C, H, W) or (B, C, H, W, D) inputs, got {shape}.")
+        slices = (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float()
+        volume = slices.ndim == 5
+        if volume:  # axial slices into the batch: (B, C, H, W, D) -> (B * D, C, H, W)
+            batch, depth = slices.shape[0], slices.shape[-1]
+            slices = slices.movedim(-1, 1).reshape(batch * depth, *slices.shape[1:-1])
+
+        module = getattr(network, "module", network)  # a DistributedDataParallel's network
+        mask_channels = getattr(module, "out_channels", self.mask_channels)
+        out_channels = mask_channels * (2 + self.num_samples * self.return_samples)
+        # a normal (not inference-mode) tensor, so that in-place post-processing stays allowed
+        result = slices.new_zeros(slices.shape[0], out_channels, *slices.shape[2:])
+        brain = (slices.abs() > self.brain_threshold).any(1, keepdim=True)
+        keep = brain.flatten(1).any(1)
+        if keep.any():
+            with torch.inference_mode(), _eval_mode(network):
+                probs = self._samples(slices, keep, network, mask_channels)
+            # no tumour, and no uncertainty about it, outside the brain
+            result[keep] = self._statistics(probs) * brain[keep]
+
+        if volume:
+            result = result.reshape(batch, depth, *result.shape[1:]).movedim(1, -1)
+        if isinstance(inputs, MetaTensor):
+            result = MetaTensor(result).copy_meta_from(inputs)
+        return result
+
+    def _samples(
+        self,
+        slices: torch.Tensor,
+        keep: torch.Tensor,
+        network: Callable[..., torch.Tensor],
+        mask_channels: int,
+    ) -> torch.Tensor:
+        """The N masks in [0, 1] of the kept slices, shape (N, kept, C, H, W)."""
+        raise NotImplementedError
+
+    def _statistics(self, probs: torch.Tensor) -> torch.Tensor:
+        """Mean, variance[, samples] channels from (N, kept, C, H, W) masks."""
+        var, mean = torch.var_mean(probs, dim=0, correction=0)
+        parts = [mean, var]
+        if self.return_samples:
+            parts.append(probs.movedim(0, 1).flatten(1, 2))
+        return torch.cat(parts, dim=1)
+
+    def _chunk(
+        self,
+        network: Callable[..., torch.Tensor],
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        example: torch.Tensor,
+    ) -> int:
+        """How many images go through the network at once under the memory budget."""
+        per_image = activation_bytes_per_image(network, forward, example)
+        return max(1, int(self.memory_budget_mb * 2**20 // per_image))
+
+
+class ImplicitEnsembleInferer(SliceEnsembleInferer):
+    """The implicit ensemble of Wolleb et al. (2022): N diffusion samples of the mask per slice.
+
+    Each mask is drawn with ``sampler`` from a network called as
     ``network(x=torch.cat([x_t, image], dim=1), timesteps=t)`` (noisy mask first, as
-    ``DiffusionInferer(mode="concat")`` trains it); each is mapped to [0, 1] as ``(x0 + 1) / 2``.
-    The output has ``2 * C`` channels, C = ``network.out_channels`` (else ``mask_channels``): the
-    ensemble mean, then the population variance (0 where all samples agree). ``return_samples``
-    appends the ``N * C`` sample channels, sample-major. Slices with no voxel of any channel where
-    ``|value| > brain_threshold`` are not sampled and get 0 everywhere.
+    ``DiffusionInferer(mode="concat")`` trains it) and mapped to [0, 1] as ``(x0 + 1) / 2``.
 
     All samples of all kept slices form one state tensor whose initial noise is drawn from a
     generator seeded with ``seed`` in a fixed order, so results are reproducible and independent
@@ -57,55 +145,20 @@ class ImplicitEnsembleInferer(Inferer):
         mask_channels: int = 1,
         return_samples: bool = False,
     ) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        super().__init__(
+            num_samples, seed, memory_budget_mb, brain_threshold, mask_channels, return_samples
+        )
         self.sampler = sampler
-        self.num_samples = num_samples
-        self.seed = seed
-        self.memory_budget_mb = memory_budget_mb
-        self.brain_threshold = brain_threshold
         self.progress = progress
         self.amp = amp
-        self.mask_channels = mask_channels
-        self.return_samples = return_samples
 
-    def __call__(
-        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
-    ) -> torch.Tensor:
-        """Run the ensemble; ``args``/``kwargs`` exist for the ``Inferer`` API and are unused."""
-        if inputs.ndim not in (4, 5):
-            shape = tuple(inputs.shape)
-            raise ValueError(f"Expected (B, C, H, W) or (B, C, H, W, D) inputs, got {shape}.")
-        slices = (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float()
-        volume = slices.ndim == 5
-        if volume:  # axial slices into the batch: (B, C, H, W, D) -> (B * D, C, H, W)
-            batch, depth = slices.shape[0], slices.shape[-1]
-            slices = slices.movedim(-1, 1).reshape(batch * depth, *slices.shape[1:-1])
-
-        mask_channels = getattr(network, "out_channels", self.mask_channels)
-        out_channels = mask_channels * (2 + self.num_samples * self.return_samples)
-        # a normal (not inference-mode) tensor, so that in-place post-processing stays allowed
-        result = slices.new_zeros(slices.shape[0], out_channels, *slices.shape[2:])
-        keep = (slices.abs() > self.brain_threshold).flatten(1).any(1)
-        if keep.any():
-            with torch.inference_mode(), _eval_mode(network):
-                stats = self._ensemble(slices, keep, network, mask_channels)
-            result[keep] = stats
-
-        if volume:
-            result = result.reshape(batch, depth, *result.shape[1:]).movedim(1, -1)
-        if isinstance(inputs, MetaTensor):
-            result = MetaTensor(result).copy_meta_from(inputs)
-        return result
-
-    def _ensemble(
+    def _samples(
         self,
         slices: torch.Tensor,
         keep: torch.Tensor,
         network: Callable[..., torch.Tensor],
         mask_channels: int,
     ) -> torch.Tensor:
-        """Mean, variance[, samples] channels of the kept slices, shape (kept, K, H, W)."""
         num_slices, _, height, width = slices.shape
         image = slices[keep]
         kept = image.shape[0]
@@ -118,8 +171,13 @@ class ImplicitEnsembleInferer(Inferer):
         )
         noise = noise[:, keep].reshape(self.num_samples * kept, mask_channels, height, width)
         autocast = partial(_autocast, slices.device, self.amp)
-        per_image = activation_bytes_per_image(network, noise[:1], image[:1], autocast)
-        chunk = max(1, int(self.memory_budget_mb * 2**20 // per_image))
+
+        def forward(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+            t = torch.zeros(len(x), dtype=torch.long, device=x.device) if t is None else t
+            with autocast():
+                return network(x=x, timesteps=t)
+
+        chunk = self._chunk(network, forward, torch.cat([noise[:1], image[:1]], dim=1))
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             eps = torch.empty_like(x_t)
@@ -127,39 +185,30 @@ class ImplicitEnsembleInferer(Inferer):
                 stop = min(start + chunk, x_t.shape[0])
                 # the state is sample-major: row r belongs to kept slice r % kept
                 rows = torch.arange(start, stop, device=x_t.device) % kept
-                with autocast():
-                    out = network(
-                        x=torch.cat([x_t[start:stop], image[rows]], dim=1), timesteps=t[start:stop]
-                    )
-                eps[start:stop] = out
+                x = torch.cat([x_t[start:stop], image[rows]], dim=1)
+                eps[start:stop] = forward(x, t[start:stop])
             return eps
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)
-        probs = (
-            ((x0 + 1) / 2).clamp(0, 1).reshape(self.num_samples, kept, mask_channels, height, width)
-        )
-        var, mean = torch.var_mean(probs, dim=0, correction=0)
-        parts = [mean, var]
-        if self.return_samples:
-            parts.append(probs.movedim(0, 1).reshape(kept, -1, height, width))
-        return torch.cat(parts, dim=1)
+        probs = ((x0 + 1) / 2).clamp(0, 1)
+        return probs.reshape(self.num_samples, kept, mask_channels, height, width)
 
 
 def activation_bytes_per_image(
     network: Callable[..., torch.Tensor],
-    x_t: torch.Tensor,
-    image: torch.Tensor,
-    autocast: Callable[[], contextlib.AbstractContextManager],
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
 ) -> int:
     """Conservative activation memory of one image, from a probe forward pass (batch of 1).
 
-    Sums the bytes of every leaf module's output (each conv, norm, activation, and the attention
-    matrices via the attention dropout of a ``DiffusionModelUNet``). Inference frees most of these
-    before the pass ends, so the sum over-estimates the peak (about 5x for a 4-level
-    ``DiffusionModelUNet`` on CPU), which leaves headroom for temporaries that are not module
-    outputs (concatenations, kernel workspaces) and needs no device-specific memory statistics.
-    Never less than the network input, e.g. when hooks do not fire (compiled modules).
+    ``forward`` runs ``network`` on ``x``; this sums the bytes of every leaf module's output
+    (each conv, norm, activation, and the attention matrices via the attention dropout of a
+    ``DiffusionModelUNet``). Inference frees most of these before the pass ends, so the sum
+    over-estimates the peak (about 5x for a 4-level ``DiffusionModelUNet`` on CPU), which leaves
+    headroom for temporaries that are not module outputs (concatenations, kernel workspaces) and
+    needs no device-specific memory statistics. Never less than the network input, e.g. when
+    hooks do not fire (compiled modules).
     """
     total = 0
 
@@ -169,12 +218,10 @@ def activation_bytes_per_image(
             if isinstance(tensor, torch.Tensor):
                 total += tensor.numel() * tensor.element_size()
 
-    x = torch.cat([x_t, image], dim=1)
     modules = network.modules() if isinstance(network, nn.Module) else ()
     handles = [m.register_forward_hook(count) for m in modules if next(m.children(), None) is None]
     try:
-        with autocast():
-            network(x=x, timesteps=torch.zeros(1, dtype=torch.long, device=x.device))
+        forward(x)
     finally:
         for handle in handles:
             handle.remove()

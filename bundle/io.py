@@ -24,6 +24,17 @@ class AtomicNibabelWriter(NibabelWriter):
     the extension so that nibabel still compresses ``.nii.gz``.
     """
 
+    def set_metadata(self, meta_dict: Mapping | None, resample: bool = True, **options) -> None:
+        """Without ``resample`` take the affine as it is: MONAI's writer still runs its resampler
+        then, which fails on affines whose leading 2x2 block is singular (axes permuted, as in
+        many scanner orientations), although nothing needs resampling."""
+        if resample:
+            super().set_metadata(meta_dict, resample=resample, **options)
+            return
+        _, self.affine, _ = self.get_meta_info(meta_dict)
+        if self.output_dtype is None and self.data_obj is not None:
+            self.output_dtype = self.data_obj.dtype
+
     def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs) -> None:
         path = Path(filename)
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
 
@@ -46,7 +47,9 @@ class VarianceErrorRatio(Metric):
                 self._sums[i] += value
 
     def compute(self) -> float:
-        wrong_sum, n_wrong, right_sum, n_right = self._sums
+        # pooled over the ranks too when validation data are split by a DistributedSampler
+        sums = idist.all_reduce(torch.tensor(self._sums, dtype=torch.float64))
+        wrong_sum, n_wrong, right_sum, n_right = sums.tolist()
         if n_wrong == 0 or n_right == 0 or right_sum == 0:
             return float("nan")
         return (wrong_sum / n_wrong) / (right_sum / n_right)

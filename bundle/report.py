@@ -94,7 +94,7 @@ class CaseSummary:
         for item in engine.state.output:
             seg = item["pred"]
             case_id = case_id_from_path(seg.meta["filename_or_obj"])
-            voxel_ml = float(np.prod(seg.pixdim[:3])) / 1000.0
+            voxel_ml = float(np.prod(np.asarray(seg.pixdim[:3]))) / 1000.0
             stats = case_summary(seg.cpu().numpy(), item["variance"].cpu().numpy(), voxel_ml)
             if self.quicklook:
                 write_quicklook(self.cases[case_id], self.output_dir)

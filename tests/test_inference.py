@@ -1,0 +1,151 @@
+"""Inference through `monai.bundle run inference`: three NIfTIs per case in the input's geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from scipy import ndimage
+
+from scripts.make_demo_data import make_demo_data
+from tests.bundle_cli import TINY_DIFFUSION_NET, assert_ok, bundle_run
+from tests.conftest import REPO
+
+MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
+
+
+def tiny_weights(path: Path) -> Path:
+    """Random weights of the tiny test network, built from inference.yaml itself."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.yaml"))
+    for key, value in TINY_DIFFUSION_NET.items():
+        parser[key] = eval(value)  # the same literals the command line gets
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def reorient_case(case_dir: Path, out_dir: Path) -> Path:
+    """Rewrite a case as a scanner would: axes permuted and flipped (not RAS), anisotropic
+    voxels and an oblique affine, so that only a correct inversion gets the geometry back."""
+    out = out_dir / case_dir.name
+    out.mkdir(parents=True)
+    rotation = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    angle = np.deg2rad(10)
+    oblique = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = oblique @ rotation @ np.diag([1.2, 1.0, 1.5])
+    affine[:3, 3] = [-30.0, 40.0, -20.0]
+    for name in MODALITY_FILES:
+        image = nib.load(str(case_dir / f"{case_dir.name}_{name}.nii.gz"))
+        data = np.asanyarray(image.dataobj).transpose(2, 0, 1)[::-1]
+        nib.save(
+            nib.Nifti1Image(np.ascontiguousarray(data), affine),
+            str(out / f"{case_dir.name}_{name}.nii.gz"),
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def odd_case(tmp_path_factory) -> Path:
+    """One case folder that is neither RAS nor 240x240x155."""
+    root = tmp_path_factory.mktemp("odd")
+    source = make_demo_data(output_dir=str(root / "src"), num_cases=1, seed=4, shape=(60, 52, 36))[
+        0
+    ]
+    return reorient_case(Path(source), root / "data")
+
+
+def infer(case: Path, out: Path, weights: Path, **extra: object):
+    overrides = {
+        "dataset_dir": case,
+        "output_dir": out,
+        "ckpt_path": weights,
+        "image_size": 64,
+        "in_plane_spacing": 2.0,
+        "num_samples": 4,
+        "sampling_steps": 3,
+        **TINY_DIFFUSION_NET,
+        **extra,
+    }
+    return bundle_run("inference", ["inference.yaml"], overrides)
+
+
+def read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    image = nib.load(str(path))
+    return np.asanyarray(image.dataobj), image
+
+
+def test_outputs_in_input_geometry(odd_case, tmp_path):
+    weights = tiny_weights(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    result = infer(odd_case, out, weights, save_samples=True)
+    assert_ok(result)
+    case = odd_case.name
+    log = result.stdout + result.stderr
+    assert f"{case}: tumour" in log and "mean variance in tumour" in log
+
+    reference = nib.load(str(odd_case / f"{case}_flair.nii.gz"))
+    mean, mean_img = read(out / f"{case}_mean.nii.gz")
+    var, var_img = read(out / f"{case}_var.nii.gz")
+    seg, seg_img = read(out / f"{case}_seg.nii.gz")
+    samples, samples_img = read(out / f"{case}_samples.nii.gz")
+    for image in (mean_img, var_img, seg_img):
+        assert image.shape == reference.shape
+        np.testing.assert_allclose(image.affine, reference.affine, atol=1e-4)
+        assert nib.aff2axcodes(image.affine) == nib.aff2axcodes(reference.affine)
+        assert int(image.header["qform_code"]) == 1 and int(image.header["sform_code"]) == 1
+    assert samples.shape == (*reference.shape, 4)
+    assert mean.dtype == np.float32 and var.dtype == np.float32 and seg.dtype == np.uint8
+    assert 0.0 <= mean.min() and mean.max() <= 1.0
+    assert var.min() >= 0.0 and var.max() <= 0.25 + 1e-6
+    np.testing.assert_array_equal(seg, (mean > 0.5).astype(np.uint8))
+    assert 0 < seg.sum() < seg.size  # the random network does draw masks, not all or nothing
+    # where the samples agree the variance is 0, where they disagree it is not. The maps are
+    # interpolated back to the input grid one by one, so agreement is exact only where every
+    # sample is 0 or 1 (then every interpolated neighbour agreed too, up to round-off in the
+    # interpolation weights)
+    agree = (samples == samples[..., :1]).all(-1) & np.isin(samples[..., 0], (0.0, 1.0))
+    disagree = samples.max(-1) - samples.min(-1) > 0.5
+    assert agree.any() and disagree.any()
+    assert var[agree].max() < 1e-6
+    assert (var[disagree] > 0.01).all()
+    # away from the brain there is neither tumour nor uncertainty (within a 2 mm network pixel
+    # of it, interpolation back to the 1 mm grid blurs the edge)
+    brain = ndimage.binary_dilation(np.asanyarray(reference.dataobj) != 0, iterations=3)
+    assert mean[~brain].max() < 1e-6 and var[~brain].max() < 1e-6
+    assert (out / f"{case}_quicklook.png").stat().st_size > 1000
+
+    # the same seed gives identical files; a new seed other samples
+    again = tmp_path / "again"
+    assert_ok(infer(odd_case, again, weights))
+    for name in ("mean", "var", "seg"):
+        first, _ = read(out / f"{case}_{name}.nii.gz")
+        second, _ = read(again / f"{case}_{name}.nii.gz")
+        np.testing.assert_array_equal(first, second)
+    other = tmp_path / "other"
+    assert_ok(infer(odd_case, other, weights, seed=1))
+    assert not np.array_equal(read(other / f"{case}_mean.nii.gz")[0], mean)
+
+
+def test_folder_run_skips_finished_cases(small_datasets, tmp_path):
+    weights = tiny_weights(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    assert_ok(infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook=False))
+    cases = sorted(p.name for p in small_datasets["brats2023"].iterdir() if p.is_dir())
+    written = {p.name for p in out.iterdir()}
+    for case in cases:
+        assert {f"{case}_mean.nii.gz", f"{case}_var.nii.gz", f"{case}_seg.nii.gz"} <= written
+    assert not any(name.startswith(".") for name in written)  # no temporary files left
+    stamp = (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns
+    rerun = infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook=False)
+    assert_ok(rerun)
+    assert (rerun.stdout + rerun.stderr).count("skipped") == len(cases)
+    assert (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns == stamp
