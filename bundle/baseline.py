@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bundle.inferer import SliceEnsembleInferer
+from bundle.options import flag
 
 
 @contextlib.contextmanager
@@ -50,14 +51,14 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
         return_samples: bool = False,
     ) -> None:
         super().__init__(
-            num_samples if mc_dropout else 1,
+            num_samples if flag(mc_dropout) else 1,
             seed,
             memory_budget_mb,
             brain_threshold,
             mask_channels,
             return_samples,
         )
-        self.mc_dropout = mc_dropout
+        self.mc_dropout = flag(mc_dropout)
 
     def _samples(
         self,

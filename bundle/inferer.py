@@ -13,6 +13,7 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
+from bundle.options import flag
 from bundle.sampling import Sampler
 
 
@@ -46,7 +47,7 @@ class SliceEnsembleInferer(Inferer):
         self.memory_budget_mb = memory_budget_mb
         self.brain_threshold = brain_threshold
         self.mask_channels = mask_channels
-        self.return_samples = return_samples
+        self.return_samples = flag(return_samples)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any

@@ -13,6 +13,7 @@ from monai.data import NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
 from bundle.layouts import output_name_formatter
+from bundle.options import flag
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ def output_path(output_dir: str | Path, case_id: str, key: str) -> Path:
     return Path(output_dir) / f"{case_id}_{OUTPUTS[key][0]}.nii.gz"
 
 
-def pending_cases(cases: list[dict], output_dir: str | Path, overwrite: bool = False) -> list[dict]:
+def pending_cases(
+    cases: list[dict], output_dir: str | Path, overwrite: bool | str = False
+) -> list[dict]:
     """The cases still to run: with ``overwrite`` false, a case whose outputs all exist is skipped
     (and said so), so a stopped run over a folder picks up where it ended."""
-    if overwrite:
+    if flag(overwrite):
         return cases
     pending = []
     for case in cases:

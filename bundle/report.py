@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events  # noqa: E402
 
 from bundle.io import output_path  # noqa: E402
 from bundle.layouts import MODALITIES, case_id_from_path  # noqa: E402
+from bundle.options import flag  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class CaseSummary:
     def __init__(self, output_dir: str, datalist: list[dict], quicklook: bool = True) -> None:
         self.output_dir = output_dir
         self.cases = {case["case_id"]: case for case in datalist}
-        self.quicklook = quicklook
+        self.quicklook = flag(quicklook)
         self._start = 0.0
 
     def attach(self, engine: Engine) -> None:

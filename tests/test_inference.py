@@ -86,7 +86,7 @@ def read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 def test_outputs_in_input_geometry(odd_case, tmp_path):
     weights = tiny_weights(tmp_path / "model.pt")
     out = tmp_path / "out"
-    result = infer(odd_case, out, weights, save_samples=True)
+    result = infer(odd_case, out, weights, save_samples="true")  # as users type it
     assert_ok(result)
     case = odd_case.name
     log = result.stdout + result.stderr
@@ -138,14 +138,14 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
 def test_folder_run_skips_finished_cases(small_datasets, tmp_path):
     weights = tiny_weights(tmp_path / "model.pt")
     out = tmp_path / "out"
-    assert_ok(infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook=False))
+    assert_ok(infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook="false"))
     cases = sorted(p.name for p in small_datasets["brats2023"].iterdir() if p.is_dir())
     written = {p.name for p in out.iterdir()}
     for case in cases:
         assert {f"{case}_mean.nii.gz", f"{case}_var.nii.gz", f"{case}_seg.nii.gz"} <= written
     assert not any(name.startswith(".") for name in written)  # no temporary files left
     stamp = (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns
-    rerun = infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook=False)
+    rerun = infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook="false")
     assert_ok(rerun)
     assert (rerun.stdout + rerun.stderr).count("skipped") == len(cases)
     assert (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns == stamp

@@ -1,0 +1,21 @@
+"""Command-line values as the configs need them."""
+
+from __future__ import annotations
+
+TRUE = {"true", "yes", "on", "1"}
+FALSE = {"false", "no", "off", "0", "none", ""}
+
+
+def flag(value: bool | str | int | None) -> bool:
+    """A boolean switch from a config or the command line.
+
+    ``fire`` passes ``--save_samples true`` through as the string "true" (only ``True`` is a
+    Python literal), and a non-empty string is truthy, so "false" would switch a plain
+    ``bool(...)`` on: spell the words out instead, and refuse anything else.
+    """
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE | FALSE:
+            return word in TRUE
+        raise ValueError(f"expected a boolean (true/false), got {value!r}")
+    return bool(value)
