@@ -49,6 +49,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
         brain_threshold: float = 0.0,
         mask_channels: int = 1,
         return_samples: bool = False,
+        spatial_multiple: int = 8,
     ) -> None:
         super().__init__(
             num_samples if flag(mc_dropout) else 1,
@@ -57,6 +58,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
             brain_threshold,
             mask_channels,
             return_samples,
+            spatial_multiple,
         )
         self.mc_dropout = flag(mc_dropout)
 

@@ -27,7 +27,9 @@ class SliceEnsembleInferer(Inferer):
     variance (0 where all samples agree). ``return_samples`` appends the ``N * C`` sample
     channels, sample-major. Slices with no voxel of any channel where ``|value| >
     brain_threshold`` cost no network call and get 0 everywhere; so do the pixels of kept slices
-    where no channel exceeds it (outside the brain). A MetaTensor input gives a
+    where no channel exceeds it (outside the brain). Only the in-plane bounding box of the brain,
+    grown to a multiple of ``spatial_multiple`` (what the network's downsampling needs), goes
+    through the network. A MetaTensor input gives a
     MetaTensor output with the input's meta data, as ``Invertd`` needs.
     """
 
@@ -39,6 +41,7 @@ class SliceEnsembleInferer(Inferer):
         brain_threshold: float = 0.0,
         mask_channels: int = 1,
         return_samples: bool = False,
+        spatial_multiple: int = 8,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
@@ -48,6 +51,7 @@ class SliceEnsembleInferer(Inferer):
         self.brain_threshold = brain_threshold
         self.mask_channels = mask_channels
         self.return_samples = flag(return_samples)
+        self.spatial_multiple = spatial_multiple
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -70,10 +74,14 @@ class SliceEnsembleInferer(Inferer):
         brain = (slices.abs() > self.brain_threshold).any(1, keepdim=True)
         keep = brain.flatten(1).any(1)
         if keep.any():
+            # only the brain's in-plane bounding box is sampled: pixels outside it are air
+            box = (..., *brain_box(brain[keep], self.spatial_multiple))
             with torch.inference_mode(), _eval_mode(network):
-                probs = self._samples(slices, keep, network, mask_channels)
+                probs = self._samples(slices[box], keep, network, mask_channels)
+            kept = result.new_zeros(int(keep.sum()), *result.shape[1:])
             # no tumour, and no uncertainty about it, outside the brain
-            result[keep] = self._statistics(probs) * brain[keep]
+            kept[box] = self._statistics(probs) * brain[keep][box]
+            result[keep] = kept
 
         if volume:
             result = result.reshape(batch, depth, *result.shape[1:]).movedim(1, -1)
@@ -132,6 +140,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         amp: autocast the network to bfloat16 (float16 without bf16 support); CUDA inputs only.
         mask_channels: C when the network has no ``out_channels`` attribute.
         return_samples: append the individual samples to the output.
+        spatial_multiple: the sampled box's height and width are multiples of it.
     """
 
     def __init__(
@@ -145,9 +154,16 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         amp: bool = True,
         mask_channels: int = 1,
         return_samples: bool = False,
+        spatial_multiple: int = 8,
     ) -> None:
         super().__init__(
-            num_samples, seed, memory_budget_mb, brain_threshold, mask_channels, return_samples
+            num_samples,
+            seed,
+            memory_budget_mb,
+            brain_threshold,
+            mask_channels,
+            return_samples,
+            spatial_multiple,
         )
         self.sampler = sampler
         self.progress = progress
@@ -194,6 +210,20 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)
         probs = ((x0 + 1) / 2).clamp(0, 1)
         return probs.reshape(self.num_samples, kept, mask_channels, height, width)
+
+
+def brain_box(brain: torch.Tensor, multiple: int = 1) -> tuple[slice, slice]:
+    """Rows and columns of the in-plane bounding box of a (S, 1, H, W) brain mask over all its
+    slices, grown (centred, within the image) to a multiple of ``multiple`` pixels."""
+    box = []
+    for axis, size in ((-2, brain.shape[-2]), (-1, brain.shape[-1])):
+        other = -1 if axis == -2 else -2
+        inside = torch.nonzero(brain.any(other).flatten(0, -2).any(0)).flatten()
+        start, stop = int(inside[0]), int(inside[-1]) + 1
+        length = min(size, -(-(stop - start) // multiple) * multiple)
+        start = min(max(0, start - (length - (stop - start)) // 2), size - length)
+        box.append(slice(start, start + length))
+    return box[0], box[1]
 
 
 def activation_bytes_per_image(

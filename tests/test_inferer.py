@@ -9,7 +9,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
-from bundle.inferer import ImplicitEnsembleInferer
+from bundle.inferer import ImplicitEnsembleInferer, brain_box
 from bundle.sampling import make_sampler
 
 NUM_STEPS = 3
@@ -185,3 +185,28 @@ def test_cuda_with_amp() -> None:
     mask = (image[:, :1] > 0).float()
     exact = make_inferer(memory_budget_mb=1e-3)(image, ExactNoise(1).cuda())
     torch.testing.assert_close(exact[:, :1], mask, atol=1e-4, rtol=0)
+
+
+def test_brain_box_is_a_covering_multiple() -> None:
+    brain = torch.zeros(3, 1, 32, 40, dtype=torch.bool)
+    brain[0, 0, 5:9, 10:13] = True
+    brain[2, 0, 20:21, 30:33] = True
+    rows, cols = brain_box(brain, 8)
+    assert (rows.start, rows.stop) == (5, 21) and (cols.start, cols.stop) == (10, 34)
+    assert brain_box(torch.ones(1, 1, 32, 40, dtype=torch.bool), 8) == (slice(0, 32), slice(0, 40))
+    near_edge = torch.zeros(1, 1, 32, 40, dtype=torch.bool)
+    near_edge[0, 0, 30:32, 0:3] = True
+    rows, cols = brain_box(near_edge, 8)
+    assert (rows.start, rows.stop) == (24, 32) and (cols.start, cols.stop) == (0, 8)
+
+
+def test_only_the_brain_box_is_sampled() -> None:
+    image = torch.zeros(1, 4, 32, 32, 3)
+    image[:, :, 8:14, 10:20, :] = images(1, 4, 6, 10, 3) + 2.0  # a small "brain"
+    recorder = Recorder(tiny_unet())
+    out = make_inferer(spatial_multiple=4)(image, recorder)
+    assert {tuple(x.shape[-2:]) for x in recorder.images} == {(8, 12)}
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[8:14, 10:20] = False
+    assert out[..., outside, :].abs().max() == 0
+    assert out[:, 0][..., ~outside, :].abs().max() > 0
