@@ -26,9 +26,12 @@ import torch
 from monai.networks.schedulers import DDPMScheduler, Scheduler
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``denoise(x_t, t)``, ``t`` an int64 tensor of shape (B,), returns the predicted noise epsilon."""
+"""``denoise(x_t, t)``, ``t`` an int64 tensor of shape (B,), returns the network's prediction:
+epsilon (the paper's), or x0 or v when the scheduler's ``prediction_type`` says so."""
 
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+"""What the network may be trained to predict (MONAI schedulers' ``prediction_type``)."""
 
 
 def spaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -46,6 +49,11 @@ class Sampler(ABC):
         abar = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
         self.alphas_cumprod: list[float] = abar.tolist()
         self.timesteps = list(timesteps)
+        self.prediction_type = getattr(scheduler, "prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}"
+            )
 
     @property
     def num_steps(self) -> int:
@@ -65,13 +73,20 @@ class Sampler(ABC):
     def _predict_x0(
         self, denoise: Denoiser, x: torch.Tensor, t: int, progress: Callable[[], object] | None
     ) -> torch.Tensor:
-        """One network evaluation: the x0 implied by the predicted epsilon, clipped to [-1, 1]
-        (guided-diffusion's ``clip_denoised=True``)."""
+        """One network evaluation: the x0 the network's output implies (it predicts epsilon,
+        x0 itself or v, as the scheduler says), clipped to [-1, 1] (guided-diffusion's
+        ``clip_denoised=True``)."""
         abar = self.alphas_cumprod[t]
-        eps = denoise(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        out = denoise(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
         if progress is not None:
             progress()
-        return ((x - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)).clamp(-1.0, 1.0)
+        if self.prediction_type == "sample":
+            x0 = out
+        elif self.prediction_type == "v_prediction":
+            x0 = math.sqrt(abar) * x - math.sqrt(1.0 - abar) * out
+        else:
+            x0 = (x - math.sqrt(1.0 - abar) * out) / math.sqrt(abar)
+        return x0.clamp(-1.0, 1.0)
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.networks.schedulers import Scheduler
 
 
 def mask_to_x0(mask: torch.Tensor) -> torch.Tensor:
@@ -19,14 +20,31 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
 
     ``DiffusionPrepareBatch`` noises the batch's ``image``; here the mask (``label``) is noised and
     the image is concatenated to it (``mode="concat"``, noisy mask first, as
-    ``DiffusionInferer`` and the sampling code both do). The target is the noise.
+    ``DiffusionInferer`` and the sampling code both do).
     """
 
     def __init__(
-        self, num_train_timesteps: int, mask_key: str = "label", condition_key: str = "image"
+        self,
+        num_train_timesteps: int,
+        mask_key: str = "label",
+        condition_key: str = "image",
+        scheduler: Scheduler | None = None,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_key)
         self.mask_key = mask_key
+        self.scheduler = scheduler
+        self.prediction_type = getattr(scheduler, "prediction_type", "epsilon")
+
+    def get_target(
+        self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """What the network learns to predict: the noise (the paper's), x0 or v, as the
+        scheduler's ``prediction_type`` says (the samplers read the same attribute)."""
+        if self.prediction_type == "sample":
+            return images
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)
+        return noise
 
     def __call__(
         self,
