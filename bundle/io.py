@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from monai.config import KeysCollection, PathLike
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
-from bundle.layouts import output_name_formatter
+from bundle.layouts import DatasetError, output_name_formatter
 from bundle.options import flag
+from bundle.validation import validate_case
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +65,49 @@ def output_path(output_dir: str | Path, case_id: str, key: str) -> Path:
     return Path(output_dir) / f"{case_id}_{OUTPUTS[key][0]}.nii.gz"
 
 
-def pending_cases(
-    cases: list[dict], output_dir: str | Path, overwrite: bool | str = False
-) -> list[dict]:
-    """The cases still to run: with ``overwrite`` false, a case whose outputs all exist is skipped
-    (and said so), so a stopped run over a folder picks up where it ended."""
-    if flag(overwrite):
-        return cases
-    pending = []
-    for case in cases:
-        done = all(output_path(output_dir, case["case_id"], k).is_file() for k in REQUIRED_OUTPUTS)
-        if done:
-            logger.info(
-                f"{case['case_id']}: outputs exist in {output_dir}, skipped "
-                "(overwrite=true to redo)"
+class CaseFilter:
+    """The cases an inference run works on: every case of the folder that passes validation and
+    whose outputs are not there yet (unless ``overwrite``).
+
+    A bad case is skipped with one error line naming it and its file, so the others still run;
+    :meth:`check` (the workflow's ``finalize``) then ends the run with exit code 1. A case whose
+    required outputs all exist is skipped and said so, so a stopped run over a folder picks up
+    where it ended.
+    """
+
+    def __init__(self, output_dir: str, overwrite: bool | str = False, read_data: bool = True):
+        self.output_dir = output_dir
+        self.overwrite = flag(overwrite)
+        self.read_data = read_data
+        self.failed: list[str] = []
+
+    def __call__(self, cases: list[dict]) -> list[dict]:
+        selected = []
+        for case in cases:
+            try:
+                validate_case(case, read_data=self.read_data)
+            except DatasetError as err:
+                logger.error(f"skipped: {err}")
+                self.failed.append(case["case_id"])
+                continue
+            done = all(
+                output_path(self.output_dir, case["case_id"], key).is_file()
+                for key in REQUIRED_OUTPUTS
             )
-        else:
-            pending.append(case)
-    return pending
+            if done and not self.overwrite:
+                logger.info(
+                    f"{case['case_id']}: outputs exist in {self.output_dir}, skipped "
+                    "(overwrite=true to redo)"
+                )
+                continue
+            selected.append(case)
+        return selected
+
+    def check(self) -> None:
+        """Exit with code 1, after a summary line, if any case was skipped as bad."""
+        if self.failed:
+            logger.error(f"{len(self.failed)} case(s) failed: {', '.join(self.failed)}")
+            sys.exit(1)
 
 
 class SaveEnsembled(MapTransform):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -149,3 +150,22 @@ def test_folder_run_skips_finished_cases(small_datasets, tmp_path):
     assert_ok(rerun)
     assert (rerun.stdout + rerun.stderr).count("skipped") == len(cases)
     assert (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns == stamp
+
+
+def test_bad_case_is_skipped_and_the_run_fails_at_the_end(small_datasets, tmp_path):
+    dataset = tmp_path / "data"
+    shutil.copytree(small_datasets["brats2020"], dataset)
+    cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
+    bad = dataset / cases[1] / f"{cases[1]}_t2.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    weights = tiny_weights(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    result = infer(dataset, out, weights, num_samples=2, quicklook="false")
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]
+    assert f"skipped: case {cases[1]}: file {bad}" in log
+    assert f"1 case(s) failed: {cases[1]}" in log
+    assert "Traceback" not in log
+    for case in (cases[0], cases[2]):
+        assert (out / f"{case}_seg.nii.gz").is_file()
+    assert not any(p.name.startswith(cases[1]) for p in out.iterdir())
