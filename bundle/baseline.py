@@ -50,6 +50,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
         mask_channels: int = 1,
         return_samples: bool = False,
         spatial_multiple: int = 8,
+        cpu_batch_size: int = 8,
     ) -> None:
         super().__init__(
             num_samples if flag(mc_dropout) else 1,
@@ -59,6 +60,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
             mask_channels,
             return_samples,
             spatial_multiple,
+            cpu_batch_size,
         )
         self.mc_dropout = flag(mc_dropout)
 

@@ -126,10 +126,18 @@ def test_memory_budget_only_changes_chunking(eta: float) -> None:
     image, sampler = images(1, 4, 16, 16, 3), make_sampler("ddim", NUM_STEPS, eta=eta)
     small, large = Recorder(tiny_unet()), Recorder(tiny_unet())
     out_small = make_inferer(sampler=sampler, memory_budget_mb=1e-6)(image, small)
-    out_large = make_inferer(sampler=sampler, memory_budget_mb=4096)(image, large)
+    out_large = make_inferer(sampler=sampler, memory_budget_mb=4096, cpu_batch_size=64)(
+        image, large
+    )
     assert set(small.batch_sizes) == {1}
     assert large.batch_sizes == [1] + [3 * 3] * NUM_STEPS
     torch.testing.assert_close(out_small, out_large, atol=1e-5, rtol=0)
+    capped = Recorder(tiny_unet())
+    out_capped = make_inferer(sampler=sampler, memory_budget_mb=4096, cpu_batch_size=4)(
+        image, capped
+    )
+    assert capped.batch_sizes == [1] + [4, 4, 1] * NUM_STEPS  # 9 images, at most 4 a call
+    torch.testing.assert_close(out_capped, out_large, atol=1e-5, rtol=0)
 
 
 def test_eval_mode_during_call_and_restored() -> None:
