@@ -115,3 +115,20 @@ def load_datalist(
                 validate_case(case, read_data=False)
         return datalist
     return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data=False)
+
+
+def select_cases(
+    dataset_dir: str | Path,
+    split: str = "all",
+    num_folds: int = 5,
+    fold: int = 0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[dict]:
+    """The cases of a folder to run inference on: all of them, or one side of the split that
+    training made with the same settings (e.g. ``testing``: the held-out patients)."""
+    if split == "all":
+        return find_cases(dataset_dir)
+    if split not in ("training", "validation", "testing"):
+        raise ValueError(f"split must be all, training, validation or testing, got {split!r}")
+    return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data=False)[split]
