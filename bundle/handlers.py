@@ -79,7 +79,8 @@ class ResumableCheckpoint:
 
 
 class ProgressBar:
-    """tqdm progress bar over iterations showing the loss (and the iteration rate)."""
+    """tqdm progress bar over an engine's iterations (training batches, inference cases), with
+    the rate and, given an ``output_transform``, e.g. the loss."""
 
     def __init__(self, output_transform: Callable[[Any], Any] | None = None) -> None:
         self.output_transform = output_transform
