@@ -52,8 +52,10 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
     shown = axes[1].imshow(view[2], cmap="magma", vmin=0, vmax=1)
     axes[1].set_title("ensemble mean")
     fig.colorbar(shown, ax=axes[1], fraction=0.046)
-    shown = axes[2].imshow(view[3], cmap="viridis", vmin=0, vmax=max(float(var.max()), 1e-6))
-    axes[2].set_title("variance (uncertainty)")
+    # scaled to this slice: a confident model's variance is small, and must still show up
+    peak = max(float(view[3].max()), 1e-6)
+    shown = axes[2].imshow(view[3], cmap="viridis", vmin=0, vmax=peak)
+    axes[2].set_title(f"variance (uncertainty), max {peak:.3g}")
     fig.colorbar(shown, ax=axes[2], fraction=0.046)
     for ax in axes:
         ax.axis("off")
