@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
+import fire
+
+from bundle.layouts import DatasetError
+
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0", "none", ""}
 
@@ -19,3 +26,16 @@ def flag(value: bool | str | int | None) -> bool:
             return word in TRUE
         raise ValueError(f"expected a boolean (true/false), got {value!r}")
     return bool(value)
+
+
+def run_cli(component: Callable) -> None:
+    """Run a script's function as a ``fire`` command line.
+
+    Return values are not echoed (they are for Python callers), and a bad dataset ends the
+    command with its one-line message naming the case and file, and exit code 2, not a traceback.
+    """
+    try:
+        fire.Fire(component, serialize=lambda _: None)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

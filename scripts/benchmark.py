@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import fire
 import nibabel as nib
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from bundle.evaluation import overlap  # noqa: E402
 from bundle.layouts import find_cases  # noqa: E402
+from bundle.options import run_cli  # noqa: E402
 from bundle.sampling import DDPMSampler  # noqa: E402
 
 
@@ -180,4 +180,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire(benchmark, serialize=lambda _: None)
+    run_cli(benchmark)

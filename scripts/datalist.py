@@ -11,12 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import fire
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.datalist import build_datalist, write_json  # noqa: E402
-from bundle.layouts import DatasetError  # noqa: E402
+from bundle.options import run_cli  # noqa: E402
 
 
 def datalist(
@@ -38,14 +36,5 @@ def datalist(
     return result
 
 
-def main() -> None:
-    """Command line: a bad dataset ends with one line naming the case and file, exit code 2."""
-    try:
-        fire.Fire(datalist, serialize=lambda _: None)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    main()
+    run_cli(datalist)

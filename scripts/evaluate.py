@@ -16,16 +16,16 @@ import csv
 import sys
 from pathlib import Path
 
-import fire
 import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.datalist import build_datalist  # noqa: E402
+from bundle.datalist import select_cases  # noqa: E402
 from bundle.evaluation import segmentation_metrics, uncertainty_metrics  # noqa: E402
 from bundle.io import output_path  # noqa: E402
 from bundle.layouts import DatasetError  # noqa: E402
+from bundle.options import run_cli  # noqa: E402
 
 METRICS = ("dice", "hd95", "jaccard")
 
@@ -108,9 +108,8 @@ def evaluate(
 ) -> list[dict]:
     """Score every case of ``split`` (``training``/``validation``/``testing``, as the datalist
     splits ``dataset_dir``; ``all`` for every labelled case) found in ``predictions``."""
-    datalist = build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data=False)
-    splits = ("training", "validation", "testing") if split == "all" else (split,)
-    cases = [c for key in splits for c in datalist[key] if "label" in c]
+    selected = select_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
+    cases = [case for case in selected if "label" in case]
     if not cases:
         raise DatasetError(f"dataset folder {dataset_dir}: no labelled case in split {split!r}")
     rows = [row for case in cases for row in evaluate_case(case, Path(predictions))]
@@ -127,14 +126,5 @@ def evaluate(
     return summary
 
 
-def main() -> None:
-    """Command line: a missing prediction or bad case ends with one line naming it, exit 2."""
-    try:
-        fire.Fire(evaluate, serialize=lambda _: None)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    main()
+    run_cli(evaluate)

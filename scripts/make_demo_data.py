@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import fire
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
@@ -29,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a file: make `bundle` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from bundle.layouts import LABEL_SUFFIX, LAYOUTS, MODALITIES, MSD, SUB_REGIONS, Layout  # noqa: E402
+from bundle.options import run_cli  # noqa: E402
 
 FULL_SHAPE: tuple[int, int, int] = (240, 240, 155)
 """BraTS's 1 mm grid; other shapes get a proportionally scaled brain."""
@@ -537,4 +537,4 @@ def make_demo_data(
 
 if __name__ == "__main__":
     # the per-case lines already name every case: keep fire from printing the returned paths too
-    fire.Fire(make_demo_data, serialize=lambda paths: None)
+    run_cli(make_demo_data)

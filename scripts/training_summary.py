@@ -10,10 +10,14 @@ validation (epoch, Dice of the validation ensemble, variance ratio wrong/right v
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
-import fire
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.options import run_cli  # noqa: E402
 
 
 def scalars(log_dir: str | Path, tag: str) -> list:
@@ -60,4 +64,4 @@ def training_summary(runs: dict[str, str], output: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire(training_summary, serialize=lambda _: None)
+    run_cli(training_summary)
