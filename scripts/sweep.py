@@ -84,14 +84,18 @@ def sweep(
         "|---|---|---|---|---|",
     ]
     runs = [("ddpm", 1000)] + [(s, k) for s in samplers for k in steps]
+    results = {}
     for name, k in runs:
         inferer = ImplicitEnsembleInferer(make_sampler(name, k, scheduler), num_samples=num_samples)
         start = time.perf_counter()
         out = inferer(image, network)
         took = time.perf_counter() - start
-        dice, ratio = _score(out, label, image)
+        results[name, k] = _score(out, label, image)
+        dice, ratio = results[name, k]
         lines.append(f"| {name} | {k} | {dice:.4f} | {ratio:.1f} | {took:.1f} |")
         print(lines[-1], flush=True)
+    if output:
+        plot_steps(results, samplers, steps, Path(output).with_suffix(".png"))
 
     volume = infer.get_parsed_content("preprocessing")(dict(cases[0]))["image"][None]
     default = make_sampler(infer["sampler"], infer["sampling_steps"], scheduler)
@@ -132,6 +136,29 @@ def sweep(
     if output:
         Path(output).write_text(report)
     return report
+
+
+def plot_steps(
+    results: dict, samplers: tuple[str, ...], steps: tuple[int, ...], path: Path
+) -> None:
+    """Dice and variance ratio against sampling steps, DDPM's 1000 steps as the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for index, title in enumerate(("ensemble Dice", "variance ratio, wrong / right pixels")):
+        for name in samplers:
+            axes[index].plot(steps, [results[name, k][index] for k in steps], "o-", label=name)
+        axes[index].axhline(results["ddpm", 1000][index], color="k", ls="--", label="ddpm 1000")
+        axes[index].set_xscale("log")
+        axes[index].set_xlabel("sampling steps")
+        axes[index].set_title(title)
+        axes[index].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
