@@ -42,12 +42,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _parser(config: str, overrides: dict) -> ConfigParser:
+def load_config(name: str, overrides: dict | None = None) -> ConfigParser:
+    """One of the bundle's configs, with ``--key value`` style overrides applied."""
     parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / config))
-    for key, value in overrides.items():
+    parser.read_config(str(REPO / "configs" / name))
+    for key, value in (overrides or {}).items():
         parser[key] = value
     return parser
+
+
+def tumour_slice_indices(label: torch.Tensor, count: int) -> list[int]:
+    """``count`` axial slices spread evenly over those of a (C, H, W, D) label with tumour."""
+    tumour = torch.nonzero(label.flatten(0, -2).any(0)).flatten().tolist()
+    return [tumour[int(i)] for i in np.linspace(0, len(tumour) - 1, count + 2)[1:-1]]
 
 
 def reference_sample(
@@ -81,7 +88,7 @@ def benchmark(
         torch.set_num_threads(threads)
     settings = {"ckpt_path": ckpt_path, "num_samples": num_samples, "dataset_dir": case_dir}
     settings.update(overrides)
-    infer = _parser("inference.yaml", settings)
+    infer = load_config("inference.yaml", settings)
     case = find_cases(case_dir)[0]
     network = infer.get_parsed_content("network")
     network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
@@ -102,11 +109,10 @@ def benchmark(
     ours_dice = overlap(inverted["pred"][0].numpy() > 0, truth)[0]
 
     # the network grid, with the label, for slice-wise comparisons
-    train = _parser("train.yaml", {k: v for k, v in settings.items() if k != "ckpt_path"})
+    train = load_config("train.yaml", {k: v for k, v in settings.items() if k != "ckpt_path"})
     grid = Compose(train.get_parsed_content("load_transforms"))(dict(case))
     label, image = grid["label"][0], grid["image"]
-    tumour = torch.nonzero(label.flatten(0, 1).any(0)).flatten().tolist()
-    picks = [tumour[int(i)] for i in np.linspace(0, len(tumour) - 1, reference_slices + 2)[1:-1]]
+    picks = tumour_slice_indices(grid["label"], reference_slices)
     ours_grid = item["pred"][0]  # ensemble mean in the network grid
 
     # (a) the reference loop on the picked slices, every ensemble member

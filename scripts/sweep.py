@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,19 +29,13 @@ from bundle.inferer import ImplicitEnsembleInferer  # noqa: E402
 from bundle.layouts import find_cases  # noqa: E402
 from bundle.options import run_cli  # noqa: E402
 from bundle.sampling import make_sampler  # noqa: E402
-
-
-def _config(name: str) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / name))
-    return parser
+from scripts.benchmark import load_config, tumour_slice_indices  # noqa: E402
 
 
 def _tumour_slices(case: dict, loader: Compose, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     item = loader(dict(case))
     label, image = item["label"], item["image"]
-    tumour = torch.nonzero(label.flatten(0, 2).any(0)).flatten().tolist()
-    picks = [tumour[int(i)] for i in np.linspace(0, len(tumour) - 1, count + 2)[1:-1]]
+    picks = tumour_slice_indices(label, count)
     return image[..., picks].movedim(-1, 0), label[..., picks].movedim(-1, 0)
 
 
@@ -66,11 +59,11 @@ def sweep(
     output: str | None = None,
 ) -> str:
     """Run both parts and return (and write) the markdown report."""
-    infer = _config("inference.yaml")
+    infer = load_config("inference.yaml")
     network = infer.get_parsed_content("network_def")
     network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
     scheduler = infer.get_parsed_content("noise_scheduler")
-    loader = Compose(_config("train.yaml").get_parsed_content("load_transforms"))
+    loader = Compose(load_config("train.yaml").get_parsed_content("load_transforms"))
     cases = [find_cases(d)[0] for d in case_dirs]
     parts = [_tumour_slices(case, loader, slices_per_case) for case in cases]
     image = torch.cat([p[0] for p in parts])
