@@ -51,6 +51,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
         return_samples: bool = False,
         spatial_multiple: int = 8,
         cpu_batch_size: int = 8,
+        nested: bool = False,
     ) -> None:
         super().__init__(
             num_samples if flag(mc_dropout) else 1,
@@ -61,6 +62,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
             return_samples,
             spatial_multiple,
             cpu_batch_size,
+            nested,
         )
         self.mc_dropout = flag(mc_dropout)
 

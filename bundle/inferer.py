@@ -25,12 +25,14 @@ class SliceEnsembleInferer(Inferer):
     to slices and back, skips slices without brain, and assembles the output: ``2 * C`` channels,
     C = ``network.out_channels`` (else ``mask_channels``): the ensemble mean, then the population
     variance (0 where all samples agree). ``return_samples`` appends the ``N * C`` sample
-    channels, sample-major. Slices with no voxel of any channel where ``|value| >
-    brain_threshold`` cost no network call and get 0 everywhere; so do the pixels of kept slices
-    where no channel exceeds it (outside the brain). Only the in-plane bounding box of the brain,
-    grown to a multiple of ``spatial_multiple`` (what the network's downsampling needs), goes
-    through the network. A MetaTensor input gives a
-    MetaTensor output with the input's meta data, as ``Invertd`` needs.
+    channels, sample-major. ``nested`` makes every sample's channels nested regions (channel k
+    inside channel k - 1, as BraTS's enhancing tumour lies in the core and the core in the whole
+    tumour), so the mean and its thresholded masks are nested too. Slices with no voxel of any
+    channel where ``|value| > brain_threshold`` cost no network call and get 0 everywhere; so do
+    the pixels of kept slices where no channel exceeds it (outside the brain). Only the in-plane
+    bounding box of the brain, grown to a multiple of ``spatial_multiple`` (what the network's
+    downsampling needs), goes through the network. A MetaTensor input gives a MetaTensor output
+    with the input's meta data, as ``Invertd`` needs.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class SliceEnsembleInferer(Inferer):
         return_samples: bool = False,
         spatial_multiple: int = 8,
         cpu_batch_size: int = 8,
+        nested: bool = False,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
@@ -54,6 +57,7 @@ class SliceEnsembleInferer(Inferer):
         self.return_samples = flag(return_samples)
         self.spatial_multiple = spatial_multiple
         self.cpu_batch_size = cpu_batch_size
+        self.nested = flag(nested)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -80,6 +84,8 @@ class SliceEnsembleInferer(Inferer):
             box = (..., *brain_box(brain[keep], self.spatial_multiple))
             with torch.inference_mode(), _eval_mode(network):
                 probs = self._samples(slices[box], keep, network, mask_channels)
+                if self.nested:  # each channel inside the one before it, sample by sample
+                    probs = probs.cummin(dim=2).values
             kept = result.new_zeros(int(keep.sum()), *result.shape[1:])
             # no tumour, and no uncertainty about it, outside the brain
             kept[box] = self._statistics(probs) * brain[keep][box]
@@ -147,6 +153,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         return_samples: append the individual samples to the output.
         spatial_multiple: the sampled box's height and width are multiples of it.
         cpu_batch_size: most images per network call on a CPU.
+        nested: make the channels nested regions (see :class:`SliceEnsembleInferer`).
     """
 
     def __init__(
@@ -162,6 +169,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         return_samples: bool = False,
         spatial_multiple: int = 8,
         cpu_batch_size: int = 8,
+        nested: bool = False,
     ) -> None:
         super().__init__(
             num_samples,
@@ -172,6 +180,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             return_samples,
             spatial_multiple,
             cpu_batch_size,
+            nested,
         )
         self.sampler = sampler
         self.progress = progress

@@ -38,8 +38,11 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
         flair = _canonical(Path(images), int(case["channel_order"][flair_index]))
     else:
         flair = _canonical(Path(images[flair_index]))
-    seg, mean, var = (
-        _canonical(output_path(output_dir, case_id, k)) for k in ("pred", "mean", "variance")
+    seg = _canonical(output_path(output_dir, case_id, "pred")) > 0
+    # per-region maps (X, Y, Z, C): the first region, the whole tumour, is shown
+    mean, var = (
+        _canonical(output_path(output_dir, case_id, k)).reshape(*seg.shape, -1)[..., 0]
+        for k in ("mean", "variance")
     )
     per_slice = seg.reshape(-1, seg.shape[2]).sum(0)
     z = int(per_slice.argmax()) if per_slice.max() > 0 else int(np.argmax((flair > 0).sum((0, 1))))
@@ -50,7 +53,7 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
         axes[0].contour(view[1], levels=[0.5], colors="red", linewidths=1)
     axes[0].set_title(f"FLAIR + segmentation, slice {z}")
     shown = axes[1].imshow(view[2], cmap="magma", vmin=0, vmax=1)
-    axes[1].set_title("ensemble mean")
+    axes[1].set_title("ensemble mean (whole tumour)")
     fig.colorbar(shown, ax=axes[1], fraction=0.046)
     # scaled to this slice: a confident model's variance is small, and must still show up
     peak = max(float(view[3].max()), 1e-6)
@@ -98,7 +101,9 @@ class CaseSummary:
             seg = item["pred"]
             case_id = case_id_from_path(seg.meta["filename_or_obj"])
             voxel_ml = float(np.prod(np.asarray(seg.pixdim[:3]))) / 1000.0
-            stats = case_summary(seg.cpu().numpy(), item["variance"].cpu().numpy(), voxel_ml)
+            # the whole tumour: any label, and the first variance channel
+            whole_tumour_var = item["variance"][:1].cpu().numpy()
+            stats = case_summary(seg.cpu().numpy(), whole_tumour_var, voxel_ml)
             if self.quicklook:
                 write_quicklook(self.cases[case_id], self.output_dir)
             logger.info(

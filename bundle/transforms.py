@@ -19,12 +19,52 @@ REGIONS: dict[str, tuple[str, ...]] = {
 }
 """BraTS evaluation regions as unions of named sub-regions (whole tumour, core, enhancing)."""
 
+REGION_SETS: dict[str, tuple[str, ...]] = {"wt": ("wt",), "wt_tc_et": ("wt", "tc", "et")}
+"""What the ``regions`` config switch may name: the mask channels the model generates, in order."""
+
+
+def region_names(regions: str | Sequence[str]) -> tuple[str, ...]:
+    """The mask channels of a ``regions`` setting: a name of :data:`REGION_SETS` or a list."""
+    if isinstance(regions, str):
+        if regions not in REGION_SETS:
+            raise ValueError(f"unknown regions {regions!r}; expected one of {sorted(REGION_SETS)}")
+        return REGION_SETS[regions]
+    names = tuple(regions)
+    for name in names:
+        if name not in REGIONS:
+            raise ValueError(f"unknown region {name!r}; expected one of {sorted(REGIONS)}")
+    return names
+
 
 def region_values(layout: str, region: str) -> list[int]:
     """Label values of one region under one layout's numbering."""
-    if region not in REGIONS:
-        raise ValueError(f"unknown region {region!r}; expected one of {sorted(REGIONS)}")
+    (region,) = region_names([region])
     return [LAYOUTS[layout].label(name) for name in REGIONS[region]]
+
+
+def regions_to_labelmap(masks: torch.Tensor, regions: Sequence[str], layout: str) -> torch.Tensor:
+    """One labelmap in a layout's numbering from binary region channels (C, ...) -> (1, ...).
+
+    Each voxel gets the sub-region that its regions single out, with the nesting of BraTS
+    enforced (enhancing lies in the core, the core in the whole tumour): a voxel is enhancing
+    only if all three say so, necrosis if it is core but not enhancing, and edema if it is whole
+    tumour only. A whole-tumour-only model gives a binary 0/1 map.
+    """
+    regions = region_names(regions)
+    inside = {name: masks[i] > 0 for i, name in enumerate(regions)}
+    if regions == ("wt",):
+        return inside["wt"][None].to(torch.uint8)
+    if set(regions) != set(REGIONS):
+        raise ValueError(f"a labelmap needs the regions {sorted(REGIONS)}, got {list(regions)}")
+    wt = inside["wt"]
+    tc = inside["tc"] & wt
+    et = inside["et"] & tc
+    numbers = LAYOUTS[layout]
+    labelmap = torch.zeros_like(wt, dtype=torch.uint8)
+    labelmap[wt] = numbers.label("edema")
+    labelmap[tc] = numbers.label("necrosis")
+    labelmap[et] = numbers.label("enhancing")
+    return labelmap[None]
 
 
 class ReorderChannelsd(MapTransform):
@@ -62,15 +102,13 @@ class LabelToRegionsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        regions: Sequence[str] = ("wt",),
+        regions: str | Sequence[str] = "wt",
         layout_key: str = "layout",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.regions = tuple(regions)
+        self.regions = region_names(regions)  # fails at construction on an unknown region
         self.layout_key = layout_key
-        for region in self.regions:
-            region_values("brats2020", region)  # fail at construction on an unknown region
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -81,12 +119,7 @@ class LabelToRegionsd(MapTransform):
                 torch.isin(label[0], torch.as_tensor(region_values(layout, r), device=label.device))
                 for r in self.regions
             ]
-            regions = torch.stack(channels).to(torch.float32)
-            d[key] = (
-                MetaTensor(regions, meta=label.meta, applied_operations=label.applied_operations)
-                if isinstance(label, MetaTensor)
-                else regions
-            )
+            d[key] = _with_meta_of(torch.stack(channels).to(torch.float32), label)
         return d
 
 
@@ -132,6 +165,13 @@ def _evenly(values: list[int], n: int) -> list[int]:
     return [values[int(round(i))] for i in picks]
 
 
+def _with_meta_of(data: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``data`` with the metadata and transform stack of ``like`` (when that is a MetaTensor)."""
+    if isinstance(like, MetaTensor):
+        return MetaTensor(data, meta=like.meta, applied_operations=like.applied_operations)
+    return data
+
+
 def _source(tensor: torch.Tensor) -> str:
     meta = getattr(tensor, "meta", {}) or {}
     return str(meta.get("filename_or_obj", "image"))
@@ -140,8 +180,9 @@ def _source(tensor: torch.Tensor) -> str:
 class SplitEnsembled(MapTransform):
     """Split the ensemble inferer's output into the segmentation, the mean and the variance.
 
-    The inferer returns C mean channels, C variance channels, then any samples; the
-    segmentation is the mean thresholded at 0.5, as in the paper.
+    The inferer returns C mean channels (one per region), C variance channels, then any
+    samples; the segmentation is the mean thresholded at 0.5, as in the paper, one binary
+    channel per region.
     """
 
     def __init__(
@@ -168,4 +209,29 @@ class SplitEnsembled(MapTransform):
             if out.shape[0] > 2 * c:
                 d[self.samples_key] = out[2 * c :]
             d[key] = (out[:c] > self.threshold).to(torch.uint8)
+        return d
+
+
+class RegionsToLabelmapd(MapTransform):
+    """Binary region channels into one labelmap in the case's own label numbering (``layout``
+    of its datalist entry), as BraTS distributes labels and Slicer shows them; see
+    :func:`regions_to_labelmap`."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        regions: str | Sequence[str] = "wt",
+        layout_key: str = "layout",
+    ) -> None:
+        super().__init__(keys)
+        self.regions = region_names(regions)
+        self.layout_key = layout_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        layout = d.get(self.layout_key, "brats2020")
+        for key in self.key_iterator(d):
+            masks = d[key]
+            plain = masks.as_tensor() if isinstance(masks, MetaTensor) else masks
+            d[key] = _with_meta_of(regions_to_labelmap(plain, self.regions, layout), masks)
         return d

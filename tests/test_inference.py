@@ -19,12 +19,13 @@ from tests.conftest import REPO
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
 
 
-def tiny_weights(path: Path) -> Path:
+def tiny_weights(path: Path, regions: str = "wt") -> Path:
     """Random weights of the tiny test network, built from inference.yaml itself."""
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "inference.yaml"))
     for key, value in TINY_DIFFUSION_NET.items():
         parser[key] = eval(value)  # the same literals the command line gets
+    parser["regions"] = regions
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
     torch.save(network.state_dict(), path)
@@ -171,3 +172,29 @@ def test_bad_case_is_skipped_and_the_run_fails_at_the_end(small_datasets, tmp_pa
     for case in (cases[0], cases[2]):
         assert (out / f"{case}_seg.nii.gz").is_file()
     assert not any(p.name.startswith(cases[1]) for p in out.iterdir())
+
+
+def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp_path):
+    case = next(p for p in sorted(small_datasets["brats2023"].iterdir()) if p.is_dir())
+    weights = tiny_weights(tmp_path / "model.pt", regions="wt_tc_et")
+    out = tmp_path / "out"
+    assert_ok(infer(case, out, weights, regions="wt_tc_et", save_samples=True))
+    reference = nib.load(str(next(case.glob("*-t1n.nii.gz"))))
+    mean, _ = read(out / f"{case.name}_mean.nii.gz")
+    var, _ = read(out / f"{case.name}_var.nii.gz")
+    seg, seg_img = read(out / f"{case.name}_seg.nii.gz")
+    samples, _ = read(out / f"{case.name}_samples.nii.gz")
+    assert mean.shape == var.shape == (*reference.shape, 3)  # wt, tc, et
+    assert seg.shape == reference.shape and seg.dtype == np.uint8
+    np.testing.assert_allclose(seg_img.affine, reference.affine, atol=1e-4)
+    # every sample nests et in tc in wt (on the network grid, before interpolation back to the
+    # input grid, which keeps the order of the channels voxel by voxel), so the mean does too
+    samples = samples.reshape(*reference.shape, 4, 3)
+    assert (np.diff(samples, axis=-1) <= 1e-6).all()
+    assert (np.diff(mean, axis=-1) <= 1e-6).all()
+    # the segmentation is one labelmap in the case's BraTS 2023 numbering (3 = enhancing)
+    masks = mean > 0.5
+    expected = np.select([masks[..., 2], masks[..., 1], masks[..., 0]], [3, 1, 2], 0)
+    np.testing.assert_array_equal(seg, expected)
+    assert set(np.unique(seg)) > {0}
+    assert (out / f"{case.name}_quicklook.png").stat().st_size > 1000
