@@ -5,9 +5,12 @@ from __future__ import annotations
 import shutil
 import sys
 
+import pytest
 import torch
+from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bundle.ema import WeightAverage
 from tests.bundle_cli import assert_ok, bundle_run, train_overrides
 
 
@@ -64,7 +67,8 @@ def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     result = bundle_run(
         "training",
         ["train.yaml", "multi_gpu_train.yaml"],
-        train_overrides(small_datasets["brats2020"], ckpt, epochs=2, val_interval=1),
+        # with the weight average on, which must average the DDP-wrapped network's module
+        train_overrides(small_datasets["brats2020"], ckpt, epochs=2, val_interval=1, ema=True),
         launcher=launcher,
     )
     assert_ok(result)
@@ -75,3 +79,44 @@ def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     state = torch.load(ckpt / "last.pt", weights_only=False)
     assert state["trainer"]["max_epochs"] == 2
     assert not any(key.startswith("module.") for key in state["model"])  # loads without DDP
+    assert state["ema"].keys() == state["model"].keys()
+
+
+def test_weight_average_is_validated_and_shipped(small_datasets, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    overrides = train_overrides(
+        small_datasets["brats2020"],
+        ckpt,
+        epochs=3,
+        val_interval=3,  # one validation, at the end: model.pt holds the final average
+        learning_rate=0.003,
+        warmup_iterations=2,
+        ema=True,
+        ema_decay=0.5,
+    )
+    assert_ok(bundle_run("training", ["train.yaml"], overrides))
+    state = torch.load(ckpt / "last.pt", weights_only=False)
+    assert set(state) == {"model", "ema", "optimizer", "lr_scheduler", "trainer"}
+    shipped = torch.load(ckpt / "model.pt", weights_only=False)
+    # the averaged weights are what validation scored and what model.pt ships
+    assert all(torch.equal(shipped[k], state["ema"][k]) for k in shipped)
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in shipped)
+
+
+def test_weight_average_follows_the_network():
+    network = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(network.weight)
+    average = WeightAverage(network, enabled="true", decay=0.25)
+    engine = Engine(lambda engine, batch: network.weight.data.fill_(float(batch)))
+    average.attach(engine)
+    engine.run([4.0, 4.0, 8.0], max_epochs=1)
+    # the decay warms up as (1 + n) / (10 + n): 2/11, then it is capped at 0.25
+    assert average.model is not network
+    expected = 0.0
+    for n, value in enumerate([4.0, 4.0, 8.0], start=1):
+        decay = min(0.25, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+    assert average.model.weight.item() == pytest.approx(expected)
+    assert average.model.weight.item() != pytest.approx(8.0)
+    off = WeightAverage(network)
+    assert off.model is network and off.save_dict == {}
