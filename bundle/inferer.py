@@ -73,7 +73,7 @@ class SliceEnsembleInferer(Inferer):
             slices = slices.movedim(-1, 1).reshape(batch * depth, *slices.shape[1:-1])
 
         module = getattr(network, "module", network)  # a DistributedDataParallel's network
-        mask_channels = getattr(module, "out_channels", self.mask_channels)
+        mask_channels = self._mask_channels(getattr(module, "out_channels", self.mask_channels))
         out_channels = mask_channels * (2 + self.num_samples * self.return_samples)
         # a normal (not inference-mode) tensor, so that in-place post-processing stays allowed
         result = slices.new_zeros(slices.shape[0], out_channels, *slices.shape[2:])
@@ -96,6 +96,10 @@ class SliceEnsembleInferer(Inferer):
         if isinstance(inputs, MetaTensor):
             result = MetaTensor(result).copy_meta_from(inputs)
         return result
+
+    def _mask_channels(self, network_channels: int) -> int:
+        """C, the mask channels, from the network's output channels."""
+        return network_channels
 
     def _samples(
         self,
@@ -186,6 +190,10 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         self.progress = progress
         self.amp = amp
 
+    def _mask_channels(self, network_channels: int) -> int:
+        """A network with a learned variance outputs it after its C predictions."""
+        return network_channels // 2 if self.sampler.learned_variance else network_channels
+
     def _samples(
         self,
         slices: torch.Tensor,
@@ -214,14 +222,14 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         chunk = self._chunk(network, forward, torch.cat([noise[:1], image[:1]], dim=1))
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            eps = torch.empty_like(x_t)
+            outputs = []
             for start in range(0, x_t.shape[0], chunk):
                 stop = min(start + chunk, x_t.shape[0])
                 # the state is sample-major: row r belongs to kept slice r % kept
                 rows = torch.arange(start, stop, device=x_t.device) % kept
                 x = torch.cat([x_t[start:stop], image[rows]], dim=1)
-                eps[start:stop] = forward(x, t[start:stop])
-            return eps
+                outputs.append(forward(x, t[start:stop]).to(x_t.dtype))
+            return torch.cat(outputs)
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)

@@ -34,6 +34,22 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 """What the network may be trained to predict (MONAI schedulers' ``prediction_type``)."""
 
 
+def predicted_x0(
+    scheduler: Scheduler, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The x0 that a network's prediction implies under the scheduler's ``prediction_type``
+    (epsilon, x0 itself or v); coefficients in float64, then in the state's dtype."""
+    abar = scheduler.alphas_cumprod.to(x_t.device, torch.float64)[timesteps]
+    abar = abar.view((-1,) + (1,) * (x_t.ndim - 1))
+    signal, noise = abar.sqrt().to(x_t.dtype), (1.0 - abar).sqrt().to(x_t.dtype)
+    kind = getattr(scheduler, "prediction_type", "epsilon")
+    if kind == "sample":
+        return output
+    if kind == "v_prediction":
+        return signal * x_t - noise * output
+    return (x_t - noise * output) / signal
+
+
 def spaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
     """Descending, unique ``round(linspace(T-1, 0, num_steps))``: starts at T-1, ends at 0."""
     if not 1 <= num_steps <= num_train_timesteps:
@@ -46,8 +62,11 @@ class Sampler(ABC):
     """Maps x_T to a clipped x0 estimate by repeatedly calling a denoiser at ``self.timesteps``."""
 
     def __init__(self, scheduler: Scheduler, timesteps: Sequence[int]) -> None:
+        self.scheduler = scheduler
         abar = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
         self.alphas_cumprod: list[float] = abar.tolist()
+        # a network trained with a learned variance outputs it after its C predictions
+        self.learned_variance = getattr(scheduler, "variance_type", None) == "learned_range"
         self.timesteps = list(timesteps)
         self.prediction_type = getattr(scheduler, "prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -73,20 +92,23 @@ class Sampler(ABC):
     def _predict_x0(
         self, denoise: Denoiser, x: torch.Tensor, t: int, progress: Callable[[], object] | None
     ) -> torch.Tensor:
+        """One network evaluation: the x0 it implies, clipped to [-1, 1]; see :meth:`_evaluate`."""
+        return self._evaluate(denoise, x, t, progress)[0]
+
+    def _evaluate(
+        self, denoise: Denoiser, x: torch.Tensor, t: int, progress: Callable[[], object] | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One network evaluation: the x0 the network's output implies (it predicts epsilon,
         x0 itself or v, as the scheduler says), clipped to [-1, 1] (guided-diffusion's
-        ``clip_denoised=True``)."""
-        abar = self.alphas_cumprod[t]
-        out = denoise(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        ``clip_denoised=True``), and its variance output v in [-1, 1] if it learned one."""
+        timesteps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        out = denoise(x, timesteps)
         if progress is not None:
             progress()
-        if self.prediction_type == "sample":
-            x0 = out
-        elif self.prediction_type == "v_prediction":
-            x0 = math.sqrt(abar) * x - math.sqrt(1.0 - abar) * out
-        else:
-            x0 = (x - math.sqrt(1.0 - abar) * out) / math.sqrt(abar)
-        return x0.clamp(-1.0, 1.0)
+        v = None
+        if self.learned_variance:
+            out, v = out.chunk(2, dim=1)
+        return predicted_x0(self.scheduler, out, x, timesteps).clamp(-1.0, 1.0), v
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -98,8 +120,10 @@ class DDPMSampler(Sampler):
     """Ancestral DDPM sampling over all T steps (Ho et al. 2020), as in the paper's reference code.
 
     Each step samples the posterior q(x_{t-1} | x_t, x0_hat) with the "fixed small" variance
-    beta_t (1 - abar_{t-1}) / (1 - abar_t), where beta_t = 1 - abar_t / abar_{t-1} is read off
-    ``alphas_cumprod``.
+    beta_tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t), where beta_t = 1 - abar_t / abar_{t-1}
+    is read off ``alphas_cumprod``; with a learned variance (``learned_range``), with
+    exp(f log beta_t + (1 - f) log beta_tilde_t), f = (v + 1) / 2, from the network's v (the
+    paper's code, ``learn_sigma=True``).
     """
 
     def __init__(self, scheduler: Scheduler) -> None:
@@ -114,12 +138,16 @@ class DDPMSampler(Sampler):
     ) -> torch.Tensor:
         x = noise
         for t in self.timesteps[:-1]:
-            x0 = self._predict_x0(denoise, x, t, progress)
+            x0, v = self._evaluate(denoise, x, t, progress)
             abar, abar_prev = self.alphas_cumprod[t], self.alphas_cumprod[t - 1]
             beta = 1.0 - abar / abar_prev
             coef_x0 = math.sqrt(abar_prev) * beta / (1.0 - abar)
             coef_xt = math.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar)
-            std = math.sqrt(beta * (1.0 - abar_prev) / (1.0 - abar))
+            log_var = math.log(beta * (1.0 - abar_prev) / (1.0 - abar))
+            if v is not None:
+                frac = (v + 1.0) / 2.0
+                log_var = frac * math.log(beta) + (1.0 - frac) * log_var
+            std = torch.as_tensor(log_var, dtype=x.dtype, device=x.device).mul(0.5).exp()
             x = coef_x0 * x0 + coef_xt * x + std * _randn_like(x, generator)
         # at t = 0, abar_prev = 1: the posterior mean is x0_hat and the variance is 0
         return self._predict_x0(denoise, x, 0, progress)

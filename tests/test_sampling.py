@@ -246,3 +246,42 @@ def test_unknown_prediction_type_is_refused():
     scheduler.prediction_type = "logits"
     with pytest.raises(ValueError, match="prediction_type"):
         make_sampler("ddim", 10, scheduler)
+
+
+LEARNED = DDPMScheduler(variance_type="learned_range")
+
+
+def with_variance(denoise, v: float):
+    """A network that also outputs a constant variance interpolation v (learned_range)."""
+
+    def both(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([denoise(x_t, t), torch.full_like(x_t, v)], dim=1)
+
+    return both
+
+
+def test_learned_variance_ends_are_the_fixed_variances() -> None:
+    """v = -1 is the posterior variance beta_tilde (the fixed-small sampler, draw for draw);
+    v = +1 is beta_t, with which ancestral sampling of Gaussian data is still exact."""
+    mu, sd = 0.2, 0.2
+    x_T = _noise(1, 1, 64, 64)
+    fixed = DDPMSampler(SCHEDULER).sample(
+        gaussian_eps(mu, sd), x_T, generator=torch.Generator().manual_seed(3)
+    )
+    low = DDPMSampler(LEARNED).sample(
+        with_variance(gaussian_eps(mu, sd), -1.0), x_T, generator=torch.Generator().manual_seed(3)
+    )
+    torch.testing.assert_close(low, fixed, atol=1e-5, rtol=0)
+    high = DDPMSampler(LEARNED).sample(
+        with_variance(gaussian_eps(mu, sd), 1.0),
+        _noise(1, 1, 96, 96),
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert not torch.allclose(high[..., :64, :64], fixed)
+    a_0 = ABAR[0].item()
+    expected_sd = math.sqrt(a_0) * sd**2 / math.sqrt(a_0 * sd**2 + 1 - a_0)
+    assert abs(high.mean().item() - mu) < 0.01
+    assert abs(high.std().item() / expected_sd - 1) < 0.03
+    # the deterministic samplers read the prediction and ignore the variance channels
+    ddim = DDIMSampler(LEARNED, 10).sample(with_variance(gaussian_eps(mu, sd), 0.3), x_T)
+    torch.testing.assert_close(ddim, DDIMSampler(SCHEDULER, 10).sample(gaussian_eps(mu, sd), x_T))

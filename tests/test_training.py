@@ -5,13 +5,15 @@ from __future__ import annotations
 import shutil
 import sys
 
+import nibabel as nib
 import pytest
 import torch
 from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.ema import WeightAverage
-from tests.bundle_cli import assert_ok, bundle_run, train_overrides
+from tests.bundle_cli import TINY_DIFFUSION_NET, assert_ok, bundle_run, train_overrides
+from tests.conftest import SMALL_SHAPE
 
 
 def losses(log_dir) -> list[float]:
@@ -82,7 +84,10 @@ def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     assert state["ema"].keys() == state["model"].keys()
 
 
-def test_weight_average_is_validated_and_shipped(small_datasets, tmp_path):
+def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
+    """Both of the paper code's extras on: the weight average is validated and shipped, and the
+    network that also learns its variance serves inference (the DDPM sampler's use of the
+    variance is checked against exact answers in test_sampling.py)."""
     ckpt = tmp_path / "ckpt"
     overrides = train_overrides(
         small_datasets["brats2020"],
@@ -93,14 +98,42 @@ def test_weight_average_is_validated_and_shipped(small_datasets, tmp_path):
         warmup_iterations=2,
         ema=True,
         ema_decay=0.5,
+        learn_sigma=True,
+        prediction_type="epsilon",
     )
-    assert_ok(bundle_run("training", ["train.yaml"], overrides))
+    run = bundle_run("training", ["train.yaml"], overrides)
+    assert_ok(run)
+    assert "val_mean_dice" in run.stdout + run.stderr
     state = torch.load(ckpt / "last.pt", weights_only=False)
     assert set(state) == {"model", "ema", "optimizer", "lr_scheduler", "trainer"}
     shipped = torch.load(ckpt / "model.pt", weights_only=False)
     # the averaged weights are what validation scored and what model.pt ships
     assert all(torch.equal(shipped[k], state["ema"][k]) for k in shipped)
     assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in shipped)
+    assert shipped["out.2.conv.weight"].shape[0] == 2  # prediction and variance of one region
+
+    case = sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[0]
+    inference = {
+        key: overrides[key] for key in ("image_size", "in_plane_spacing", *TINY_DIFFUSION_NET)
+    }
+    result = bundle_run(
+        "inference",
+        ["inference.yaml"],
+        {
+            **inference,
+            "dataset_dir": case,
+            "output_dir": tmp_path / "out",
+            "ckpt_path": ckpt / "model.pt",
+            "learn_sigma": True,
+            "prediction_type": "epsilon",
+            "sampling_steps": 3,
+            "num_samples": 2,
+            "quicklook": False,
+        },
+    )
+    assert_ok(result)
+    mean = nib.load(tmp_path / "out" / f"{case.name}_mean.nii.gz").get_fdata()
+    assert mean.shape == SMALL_SHAPE and 0 <= mean.min() <= mean.max() <= 1
 
 
 def test_weight_average_follows_the_network():
