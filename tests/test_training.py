@@ -50,7 +50,7 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
         "training", ["train.yaml"], {**overrides, "epochs": 14, "val_interval": 100}
     )
     assert_ok(second)
-    assert "resuming training from" in second.stdout + second.stderr
+    assert f"resumed from {ckpt / 'last.pt'} at epoch 12" in second.stdout + second.stderr
     resumed = torch.load(ckpt / "last.pt", weights_only=False)
     assert resumed["trainer"]["iteration"] == iterations + 2 * per_epoch
     assert len(losses(ckpt / "runs")) == 2 * per_epoch  # only the new iterations ran
