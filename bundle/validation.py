@@ -21,7 +21,8 @@ from bundle.layouts import (
 )
 
 AFFINE_ATOL_MM = 1e-3
-"""Two files share a geometry when their affines agree to this many millimetres."""
+"""A label (or prediction) shares its image's geometry when their affines agree to this many
+millimetres; the modalities themselves must agree as closely as MONAI requires to stack them."""
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 """The pipeline computes in float32: larger voxel values would turn into Inf."""
@@ -68,19 +69,31 @@ def read_voxels(image: nib.Nifti1Image, path: Path, case_id: str) -> np.ndarray:
 
 
 def check_geometry(
-    case_id: str, path: Path, image: nib.Nifti1Image, ref_path: Path, ref: nib.Nifti1Image
+    case_id: str,
+    path: Path,
+    image: nib.Nifti1Image,
+    ref_path: Path,
+    ref: nib.Nifti1Image,
+    stacked: bool = False,
 ) -> None:
-    """Raise DatasetError unless ``image`` has the shape and affine of ``ref`` (3-D part)."""
+    """Raise DatasetError unless ``image`` has the shape and affine of ``ref`` (3-D part): to
+    within AFFINE_ATOL_MM, or, for modalities MONAI's LoadImaged stacks into one image
+    (``stacked``), to within np.allclose's defaults, which it requires."""
     shape, ref_shape = image.shape[:3], ref.shape[:3]
+    ref_name = ref_path.name if ref_path.parent == path.parent else ref_path
     if shape != ref_shape:
         raise DatasetError(
-            f"case {case_id}: file {path} has shape {shape}, but {ref_path.name} has {ref_shape}"
+            f"case {case_id}: file {path} has shape {shape}, but {ref_name} has {ref_shape}"
         )
     difference = float(np.abs(image.affine - ref.affine).max())
-    if not difference <= AFFINE_ATOL_MM:  # also refuses a NaN affine
+    if stacked:
+        close, allowed = np.allclose(image.affine, ref.affine), "MONAI stacks (np.allclose)"
+    else:
+        close, allowed = difference <= AFFINE_ATOL_MM, f"{AFFINE_ATOL_MM} mm"
+    if not close:  # also refuses a NaN affine
         raise DatasetError(
-            f"case {case_id}: file {path} has an affine that differs from {ref_path.name} by "
-            f"{difference:.3g} (more than {AFFINE_ATOL_MM} mm)"
+            f"case {case_id}: file {path} has an affine that differs from {ref_name} by "
+            f"{difference:.3g} mm, more than {allowed}"
         )
 
 
@@ -155,7 +168,7 @@ def validate_case(case: dict, read_data: bool = True) -> None:
                 )
     _check_no_extra_files(case, paths)
     for path, image in zip(paths[1:], images[1:], strict=True):
-        check_geometry(case_id, path, image, paths[0], images[0])
+        check_geometry(case_id, path, image, paths[0], images[0], stacked=True)
     if read_data:
         for path, image in zip(paths, images, strict=True):
             data = read_voxels(image, path, case_id).reshape(*image.shape[:3], -1)
