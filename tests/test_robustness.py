@@ -163,6 +163,16 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_state(small_datasets, t
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert state["trainer"]["iteration"] < 20 * state["trainer"]["epoch_length"]
 
+    # resuming that state into another network_def stops before any work, with one line
+    result = bundle_run(
+        "training", ["train.yaml"], {**overrides, "network_def#channels": "[16,32]"}
+    )
+    assert_one_line_error(
+        result,
+        f"checkpoint {ckpt / 'last.pt'} does not match network_def: conv_in.conv.weight has "
+        "shape (8, 5, 3, 3) in the file, (16, 5, 3, 3) in the network",
+    )
+
 
 def killed_after(process: subprocess.Popen, ready, timeout: float = 300) -> None:
     """SIGKILL ``process`` as soon as ``ready()`` holds; fail if it ended first."""
