@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bundle.layouts import find_cases, patient_id
+from bundle.atomic import atomic_path
+from bundle.layouts import DatasetError, find_cases, patient_id
 from bundle.validation import validate_case
 
 
@@ -42,19 +41,22 @@ def build_datalist(
     test_fraction: float = 0.2,
     seed: int = 0,
     read_data: bool = True,
+    validate: bool = True,
 ) -> dict:
     """Validate every case of a dataset folder and split it for training.
 
     Returns ``{"training", "validation", "testing"}`` lists of datalist entries (each with its
     ``fold``; -1 for test cases) plus the split settings. Labelled cases are split by patient:
     test patients first, then ``fold`` is validation and the other folds are training. Cases
-    without a label file cannot be trained on and all go to ``testing``.
+    without a label file cannot be trained on and all go to ``testing``. ``validate=False``
+    leaves the checks to the caller (inference skips a bad case rather than stopping).
     """
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
     cases = find_cases(dataset_dir)
-    for case in cases:
-        validate_case(case, read_data=read_data)
+    if validate:
+        for case in cases:
+            validate_case(case, read_data=read_data)
     labelled = [c for c in cases if "label" in c]
     test_patients, folds = split_patients(
         [patient_id(c) for c in labelled], num_folds, test_fraction, seed
@@ -83,17 +85,9 @@ def build_datalist(
 
 def write_json(data: dict, path: str | Path) -> Path:
     """Write JSON atomically: a killed run leaves the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return Path(path)
 
 
 def load_datalist(
@@ -103,18 +97,29 @@ def load_datalist(
     fold: int = 0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    read_data: bool = True,
 ) -> dict:
-    """The datalist the configs train on: a written file if given, else built from the folder."""
-    if datalist_file:
-        path = Path(datalist_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"datalist file {path} does not exist")
+    """The datalist the configs train on, every case validated before any work: a written file
+    if given (its errors name the file as well as the case), else built from the folder.
+    ``read_data`` reads every voxel too (truncated files, NaN, empty modalities)."""
+    if not datalist_file:
+        return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data)
+    path = Path(datalist_file)
+    if not path.is_file():
+        raise DatasetError(f"datalist file {path} does not exist")
+    try:
         datalist = json.loads(path.read_text())
-        for key in ("training", "validation", "testing"):
-            for case in datalist.get(key, []):
-                validate_case(case, read_data=False)
-        return datalist
-    return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data=False)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"datalist file {path} is not readable JSON ({err})") from err
+    if not isinstance(datalist, dict) or not datalist.get("training"):
+        raise DatasetError(f"datalist file {path} has no 'training' cases")
+    for key in ("training", "validation", "testing"):
+        for case in datalist.get(key, []):
+            try:
+                validate_case(case, read_data=read_data)
+            except DatasetError as err:
+                raise DatasetError(f"datalist file {path}: {err}") from err
+    return datalist
 
 
 def select_cases(
@@ -126,9 +131,11 @@ def select_cases(
     seed: int = 0,
 ) -> list[dict]:
     """The cases of a folder to run inference on: all of them, or one side of the split that
-    training made with the same settings (e.g. ``testing``: the held-out patients)."""
+    training made with the same settings (e.g. ``testing``: the held-out patients). Not
+    validated: the caller checks each case (and may skip a bad one)."""
     if split == "all":
         return find_cases(dataset_dir)
     if split not in ("training", "validation", "testing"):
         raise ValueError(f"split must be all, training, validation or testing, got {split!r}")
-    return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data=False)[split]
+    datalist = build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, validate=False)
+    return datalist[split]

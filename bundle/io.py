@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -13,6 +12,7 @@ from monai.config import KeysCollection, PathLike
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
+from bundle.atomic import atomic_path, remove_stale_temporaries
 from bundle.layouts import DatasetError, output_name_formatter
 from bundle.options import flag
 from bundle.validation import validate_case
@@ -21,11 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 class AtomicNibabelWriter(NibabelWriter):
-    """``NibabelWriter`` that writes to a hidden temporary file and renames it into place.
-
-    A reader (or 3D Slicer) therefore sees a complete NIfTI or none. The temporary name keeps
-    the extension so that nibabel still compresses ``.nii.gz``.
-    """
+    """``NibabelWriter`` that writes through :func:`bundle.atomic.atomic_path`: a reader (or 3D
+    Slicer) sees a complete NIfTI or none."""
 
     def set_metadata(self, meta_dict: Mapping | None, resample: bool = True, **options) -> None:
         """Without ``resample`` take the affine as it is: MONAI's writer still runs its resampler
@@ -39,14 +36,8 @@ class AtomicNibabelWriter(NibabelWriter):
             self.output_dtype = self.data_obj.dtype
 
     def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs) -> None:
-        path = Path(filename)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        try:
+        with atomic_path(filename) as tmp:
             super().write(tmp, verbose=verbose, **obj_kwargs)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 OUTPUTS: dict[str, tuple[str, torch.dtype]] = {
@@ -72,7 +63,8 @@ class CaseFilter:
     A bad case is skipped with one error line naming it and its file, so the others still run;
     :meth:`check` (the workflow's ``finalize``) then ends the run with exit code 1. A case whose
     required outputs all exist is skipped and said so, so a stopped run over a folder picks up
-    where it ended.
+    where it ended; hidden temporary files that a killed run left in the output folder are
+    removed first.
     """
 
     def __init__(self, output_dir: str, overwrite: bool | str = False, read_data: bool = True):
@@ -82,6 +74,7 @@ class CaseFilter:
         self.failed: list[str] = []
 
     def __call__(self, cases: list[dict]) -> list[dict]:
+        remove_stale_temporaries(self.output_dir)
         selected = []
         for case in cases:
             try:

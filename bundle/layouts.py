@@ -25,6 +25,13 @@ class DatasetError(ValueError):
     """A dataset folder, case or file that the bundle cannot use; the message names it."""
 
 
+def reason(err: BaseException) -> str:
+    """An exception's message cut to its first line: a library's error inside one of ours must
+    keep our message on one line (torch's unpickling errors run to a dozen)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 @dataclass(frozen=True)
 class Layout:
     """One release's naming and label numbering.
@@ -100,32 +107,35 @@ def _find(case_dir: Path, case_id: str, layout: Layout, suffix: str) -> Path | N
 
 
 def _separate_file_layout(case_dir: Path) -> Layout | None:
-    """The layout whose file names a case folder follows, judged by its t1 file."""
+    """The layout whose file names a case folder follows, judged by any of its modality files
+    (so that a case missing its t1 is still recognised, and reported by validation)."""
     for layout in SEPARATE_FILE_LAYOUTS:
-        if _find(case_dir, case_dir.name, layout, layout.modality_files[0]) is not None:
+        if any(_find(case_dir, case_dir.name, layout, s) for s in layout.modality_files):
             return layout
     return None
 
 
-def _separate_file_case(case_dir: Path, layout: Layout) -> dict:
+def expected_files(case_dir: Path, layout: Layout) -> list[Path]:
+    """The modality files (t1, t1ce, t2, flair order) and label file a separate-file case may
+    hold: the file found for each, else the ``.nii.gz`` name it should have."""
     case_id = case_dir.name
-    files = {}
-    for modality, suffix in zip(MODALITIES, layout.modality_files, strict=True):
-        path = _find(case_dir, case_id, layout, suffix)
-        if path is None:
-            raise DatasetError(
-                f"case {case_id}: missing {modality} file "
-                f"{case_dir / layout.file_name(case_id, suffix)} ({layout.description})"
-            )
-        files[modality] = path
+    return [
+        _find(case_dir, case_id, layout, suffix) or case_dir / layout.file_name(case_id, suffix)
+        for suffix in (*layout.modality_files, LABEL_SUFFIX)
+    ]
+
+
+def _separate_file_case(case_dir: Path, layout: Layout) -> dict:
+    """A case's datalist entry; a missing modality keeps its expected path, so that validation
+    names the missing file for this case alone rather than failing the whole folder."""
+    *images, label = expected_files(case_dir, layout)
     case = {
-        "case_id": case_id,
+        "case_id": case_dir.name,
         "layout": layout.name,
-        "image": [str(files[m]) for m in MODALITIES],
+        "image": [str(path) for path in images],
         "channel_order": list(range(len(MODALITIES))),
     }
-    label = _find(case_dir, case_id, layout, LABEL_SUFFIX)
-    if label is not None:
+    if label.is_file():
         case["label"] = str(label)
     return case
 

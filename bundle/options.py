@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import TracebackType
 
 import fire
 
@@ -28,6 +29,35 @@ def flag(value: bool | str | int | None) -> bool:
     return bool(value)
 
 
+def dataset_error(err: BaseException | None) -> DatasetError | None:
+    """The DatasetError an exception is, or was raised from (MONAI's config machinery wraps
+    errors in two RuntimeErrors of its own)."""
+    while err is not None and not isinstance(err, DatasetError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def report_error(err: DatasetError) -> None:
+    """Bad input's one line on stderr, naming the case and file: no traceback."""
+    print(f"error: {err}", file=sys.stderr, flush=True)
+
+
+def one_line_errors() -> None:
+    """Make a ``monai.bundle run`` that stops on bad input print its one line (``error: ...``,
+    exit code 1) instead of a traceback through the config machinery; other exceptions keep
+    their traceback. The configs call it first thing in ``initialize``."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], err: BaseException, traceback: TracebackType | None):
+        found = dataset_error(err)
+        if found is None:
+            previous(kind, err, traceback)
+        else:
+            report_error(found)
+
+    sys.excepthook = hook
+
+
 def run_cli(component: Callable) -> None:
     """Run a script's function as a ``fire`` command line.
 
@@ -37,5 +67,5 @@ def run_cli(component: Callable) -> None:
     try:
         fire.Fire(component, serialize=lambda _: None)
     except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
+        report_error(err)
         sys.exit(2)

@@ -14,6 +14,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
+from bundle.atomic import atomic_path  # noqa: E402
 from bundle.io import output_path  # noqa: E402
 from bundle.layouts import MODALITIES, case_id_from_path  # noqa: E402
 from bundle.options import flag  # noqa: E402
@@ -64,10 +65,9 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
         ax.axis("off")
     fig.suptitle(case_id)
     fig.tight_layout()
-    tmp = png.with_name(f".tmp-{png.name}")
-    fig.savefig(tmp, dpi=80, format="png")
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(png)
     return png
 
 

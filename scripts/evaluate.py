@@ -26,28 +26,37 @@ from bundle.evaluation import segmentation_metrics, uncertainty_metrics  # noqa:
 from bundle.io import output_path  # noqa: E402
 from bundle.layouts import DatasetError  # noqa: E402
 from bundle.options import run_cli  # noqa: E402
+from bundle.validation import check_geometry, load_nifti, read_voxels, validate_case  # noqa: E402
 
 METRICS = ("dice", "hd95", "jaccard")
 
 
-def _load(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DatasetError(f"prediction file {path} is missing")
-    return np.asanyarray(nib.load(str(path)).dataobj)
+def _read(path: Path, case_id: str) -> np.ndarray:
+    return read_voxels(load_nifti(path, case_id), path, case_id)
+
+
+def check_case(case: dict, predictions: Path) -> None:
+    """Raise DatasetError, naming the case and file, unless the case passes validation and its
+    segmentation and variance (and samples, if written) are there, readable, and in the label's
+    shape and affine: checked for every case before any case is scored."""
+    case_id = case["case_id"]
+    validate_case(case)
+    label_path = Path(case["label"])
+    label = load_nifti(label_path, case_id)
+    for key in ("pred", "variance", "samples"):
+        path = output_path(predictions, case_id, key)
+        if key != "samples" or path.is_file():
+            check_geometry(case_id, path, load_nifti(path, case_id), label_path, label)
 
 
 def evaluate_case(case: dict, predictions: Path) -> list[dict]:
     """Rows of metrics for one case: the written ensemble, then 1..N-sample ensembles."""
+    case_id = case["case_id"]
     truth_image = nib.load(case["label"])
     truth = np.asanyarray(truth_image.dataobj) > 0
     spacing = tuple(float(s) for s in truth_image.header.get_zooms()[:3])
-    case_id = case["case_id"]
-    seg = _load(output_path(predictions, case_id, "pred"))
-    variance = _load(output_path(predictions, case_id, "variance"))
-    if seg.shape != truth.shape:
-        raise DatasetError(
-            f"case {case_id}: prediction shape {seg.shape} differs from label {truth.shape}"
-        )
+    seg = _read(output_path(predictions, case_id, "pred"), case_id)
+    variance = _read(output_path(predictions, case_id, "variance"), case_id)
     images = case["image"] if isinstance(case["image"], list) else [case["image"]]
     brain = np.any([np.asanyarray(nib.load(p).dataobj) != 0 for p in images], axis=0)
     brain = brain.reshape(*truth.shape, -1).any(-1)
@@ -56,7 +65,7 @@ def evaluate_case(case: dict, predictions: Path) -> list[dict]:
     rows = [row]
     samples_file = output_path(predictions, case_id, "samples")
     if samples_file.is_file():
-        samples = _load(samples_file)
+        samples = _read(samples_file, case_id)
         for k in range(1, samples.shape[-1] + 1):
             ensemble = samples[..., :k].mean(-1) > 0.5
             rows.append(
@@ -112,6 +121,8 @@ def evaluate(
     cases = [case for case in selected if "label" in case]
     if not cases:
         raise DatasetError(f"dataset folder {dataset_dir}: no labelled case in split {split!r}")
+    for case in cases:
+        check_case(case, Path(predictions))
     rows = [row for case in cases for row in evaluate_case(case, Path(predictions))]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from monai.bundle import ConfigParser
+
 from tests.conftest import REPO
 
 TINY_DIFFUSION_NET = {
@@ -18,6 +21,25 @@ TINY_DIFFUSION_NET = {
 """Overrides that shrink the diffusion U-Net to a few thousand parameters for tests."""
 
 
+def bundle_command(
+    workflow: str,
+    config_files: list[str],
+    overrides: dict[str, object],
+    launcher: list[str] | None = None,
+) -> list[str]:
+    """``python -m monai.bundle run <workflow>`` with ``--key value`` overrides."""
+    files = "[" + ",".join(f"'{REPO / 'configs' / f}'" for f in config_files) + "]"
+    command = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", workflow]
+    command += ["--config_file", files, "--bundle_root", str(REPO)]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
+BUNDLE_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+"""The environment bundle commands run in (run them with ``cwd=REPO``)."""
+
+
 def bundle_run(
     workflow: str,
     config_files: list[str],
@@ -25,15 +47,14 @@ def bundle_run(
     launcher: list[str] | None = None,
     timeout: int = 600,
 ) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run <workflow>`` with ``--key value`` overrides; output captured."""
-    files = "[" + ",".join(f"'{REPO / 'configs' / f}'" for f in config_files) + "]"
-    command = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", workflow]
-    command += ["--config_file", files, "--bundle_root", str(REPO)]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    """Run :func:`bundle_command` to the end, output captured."""
     return subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+        bundle_command(workflow, config_files, overrides, launcher),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=BUNDLE_ENV,
     )
 
 
@@ -60,3 +81,40 @@ def train_overrides(dataset: Path, ckpt_dir: Path, **extra: object) -> dict[str,
     }
     overrides.update(extra)
     return overrides
+
+
+def tiny_weights(path: Path, regions: str = "wt") -> Path:
+    """Random weights of the tiny test network, built from inference.yaml itself."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.yaml"))
+    for key, value in TINY_DIFFUSION_NET.items():
+        parser[key] = eval(value)  # the same literals the command line gets
+    parser["regions"] = regions
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def inference_overrides(case: Path, out: Path, weights: Path, **extra: object) -> dict:
+    """Inference of the tiny network on a case or folder, a few samples and steps."""
+    return {
+        "dataset_dir": case,
+        "output_dir": out,
+        "ckpt_path": weights,
+        "image_size": 64,
+        "in_plane_spacing": 2.0,
+        "num_samples": 4,
+        "sampling_steps": 3,
+        # a random network read as a noise predictor draws varied masks (as x0 it draws ~0.5)
+        "prediction_type": "epsilon",
+        **TINY_DIFFUSION_NET,
+        **extra,
+    }
+
+
+def infer(case: Path, out: Path, weights: Path, **extra: object) -> subprocess.CompletedProcess:
+    """``monai.bundle run inference`` with :func:`inference_overrides`."""
+    return bundle_run(
+        "inference", ["inference.yaml"], inference_overrides(case, out, weights, **extra)
+    )

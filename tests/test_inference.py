@@ -8,28 +8,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser
 from scipy import ndimage
 
 from scripts.make_demo_data import make_demo_data
-from tests.bundle_cli import TINY_DIFFUSION_NET, assert_ok, bundle_run
-from tests.conftest import REPO
+from tests.bundle_cli import assert_ok, infer, tiny_weights
 
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
-
-
-def tiny_weights(path: Path, regions: str = "wt") -> Path:
-    """Random weights of the tiny test network, built from inference.yaml itself."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.yaml"))
-    for key, value in TINY_DIFFUSION_NET.items():
-        parser[key] = eval(value)  # the same literals the command line gets
-    parser["regions"] = regions
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    torch.save(network.state_dict(), path)
-    return path
 
 
 def reorient_case(case_dir: Path, out_dir: Path) -> Path:
@@ -63,23 +47,6 @@ def odd_case(tmp_path_factory) -> Path:
         0
     ]
     return reorient_case(Path(source), root / "data")
-
-
-def infer(case: Path, out: Path, weights: Path, **extra: object):
-    overrides = {
-        "dataset_dir": case,
-        "output_dir": out,
-        "ckpt_path": weights,
-        "image_size": 64,
-        "in_plane_spacing": 2.0,
-        "num_samples": 4,
-        "sampling_steps": 3,
-        # a random network read as a noise predictor draws varied masks (as x0 it draws ~0.5)
-        "prediction_type": "epsilon",
-        **TINY_DIFFUSION_NET,
-        **extra,
-    }
-    return bundle_run("inference", ["inference.yaml"], overrides)
 
 
 def read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:

@@ -12,7 +12,7 @@ from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.ema import WeightAverage
-from tests.bundle_cli import TINY_DIFFUSION_NET, assert_ok, bundle_run, train_overrides
+from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
 from tests.conftest import SMALL_SHAPE
 
 
@@ -55,7 +55,7 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
         "training", ["train.yaml"], {**overrides, "epochs": 14, "val_interval": 100}
     )
     assert_ok(second)
-    assert "resuming training from" in second.stdout + second.stderr
+    assert f"resumed from {ckpt / 'last.pt'} at epoch 12" in second.stdout + second.stderr
     resumed = torch.load(ckpt / "last.pt", weights_only=False)
     assert resumed["trainer"]["iteration"] == iterations + 2 * per_epoch
     assert len(losses(ckpt / "runs")) == 2 * per_epoch  # only the new iterations ran
@@ -113,23 +113,8 @@ def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
     assert shipped["out.2.conv.weight"].shape[0] == 2  # prediction and variance of one region
 
     case = sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[0]
-    inference = {
-        key: overrides[key] for key in ("image_size", "in_plane_spacing", *TINY_DIFFUSION_NET)
-    }
-    result = bundle_run(
-        "inference",
-        ["inference.yaml"],
-        {
-            **inference,
-            "dataset_dir": case,
-            "output_dir": tmp_path / "out",
-            "ckpt_path": ckpt / "model.pt",
-            "learn_sigma": True,
-            "prediction_type": "epsilon",
-            "sampling_steps": 3,
-            "num_samples": 2,
-            "quicklook": False,
-        },
+    result = infer(
+        case, tmp_path / "out", ckpt / "model.pt", learn_sigma=True, num_samples=2, quicklook=False
     )
     assert_ok(result)
     mean = nib.load(tmp_path / "out" / f"{case.name}_mean.nii.gz").get_fdata()
