@@ -1,5 +1,5 @@
 """Metrics of the paper's table and of the uncertainty on hand-made volumes with known answers,
-and the eval script."""
+and the evaluation through its script and its bundle config."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ from bundle.evaluation import (
 )
 from bundle.layouts import find_cases
 from bundle.metrics import VarianceErrorRatio
+from bundle.scoring import evaluate
+from tests.bundle_cli import assert_ok, bundle_run
 from tests.conftest import REPO
+from tests.predictions import write_predictions
 
 
 def box(shape, lo, hi) -> np.ndarray:
@@ -173,22 +176,12 @@ def test_qu_brats_counts_filtered_negatives_on_the_brain_only():
 def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     cases = find_cases(small_datasets["brats2020"])
     predictions = tmp_path / "pred"
-    predictions.mkdir()
     for i, case in enumerate(cases):
         label = nib.load(case["label"])
         truth = (np.asanyarray(label.dataobj) > 0).astype(np.uint8)
         seg = truth if i == 0 else np.zeros_like(truth)  # case 0 perfect, the others empty
         samples = np.stack([seg, seg, truth], -1).astype(np.float32)
-        for name, data in (
-            ("seg", seg),
-            ("mean", samples.mean(-1)),
-            ("var", samples.var(-1)),
-            ("samples", samples),
-        ):
-            nib.save(
-                nib.Nifti1Image(data, label.affine),
-                str(predictions / f"{case['case_id']}_{name}.nii.gz"),
-            )
+        write_predictions(predictions, case, seg, samples.mean(-1), samples.var(-1), samples)
     result = subprocess.run(
         [
             sys.executable,
@@ -211,10 +204,85 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
     by_case = {(r["case"], r["ensemble"]): r for r in rows}
+    assert {r["region"] for r in rows} == {"wt"}
     first, second = cases[0]["case_id"], cases[1]["case_id"]
     assert float(by_case[first, "all"]["dice"]) == 1.0
     assert float(by_case[second, "all"]["dice"]) == 0.0
     assert float(by_case[second, "3"]["dice"]) == 0.0  # 1 of 3 samples right: mean < 0.5
     assert float(by_case[second, "1"]["dice"]) == 0.0
+    # the missed tumour is exactly where the 3 samples disagree
+    assert float(by_case[second, "3"]["ueo"]) == 1.0
+    assert float(by_case[second, "all"]["var_error_corr"]) == pytest.approx(1.0)
+    assert float(by_case[second, "1"]["ueo"]) == 0.0  # one sample: no variance
     summary = (tmp_path / "eval" / "summary.md").read_text()
-    assert "| test | all | 3 |" in summary and "Dice" in summary
+    assert "| test | wt | all | 3 |" in summary and "QU-BraTS" in summary
+
+
+def test_one_table_for_several_methods(small_datasets, tmp_path):
+    cases = find_cases(small_datasets["brats2020"])
+    for name, value in (("right", 1), ("empty", 0)):
+        for case in cases:
+            truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+            seg = truth * value
+            write_predictions(tmp_path / name, case, seg, seg, np.zeros(seg.shape))
+    summary = evaluate(
+        [str(tmp_path / "right"), str(tmp_path / "empty")],
+        str(small_datasets["brats2020"]),
+        split="all",
+        output=str(tmp_path / "eval"),
+        method=["A", "B"],
+    )
+    assert [(s["method"], s["dice"]) for s in summary] == [("A", 1.0), ("B", 0.0)]
+    assert "ece" in summary[0] and "var_error_corr" not in summary[0]  # no variance: n/a
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    assert [r["method"] for r in rows] == ["A"] * 3 + ["B"] * 3
+    with pytest.raises(ValueError, match="method name"):
+        evaluate([str(tmp_path / "right")], str(small_datasets["brats2020"]), method=["A", "B"])
+
+
+def test_evaluating_config_scores_each_region(small_datasets, tmp_path):
+    dataset = small_datasets["brats2023"]  # labels 1 necrosis, 2 edema, 3 enhancing
+    predictions = tmp_path / "pred"
+    cases = find_cases(dataset)
+    for i, case in enumerate(cases):
+        label = np.asanyarray(nib.load(case["label"]).dataobj).astype(np.uint8)
+        # case 0 right; case 1 calls enhancing necrosis (wt and tc right, et missed); case 2 empty
+        seg = [label, np.where(label == 3, 1, label), np.zeros_like(label)][i]
+        masks = np.stack([np.isin(seg, v) for v in ([1, 2, 3], [1, 3], [3])], -1)
+        write_predictions(predictions, case, seg, masks, np.zeros(masks.shape))
+    result = bundle_run(
+        "evaluating",
+        ["inference.yaml", "evaluate.yaml"],
+        {
+            "dataset_dir": dataset,
+            "split": "all",
+            "predictions_dir": predictions,
+            "eval_dir": tmp_path / "eval",
+            "method": "handmade",
+            "regions": "wt_tc_et",
+        },
+        timeout=300,
+    )
+    assert_ok(result)
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    dice = {(r["case"], r["region"]): float(r["dice"]) for r in rows}
+    first, second, third = (case["case_id"] for case in cases)
+    assert [dice[first, r] for r in ("wt", "tc", "et")] == [1.0, 1.0, 1.0]
+    assert [dice[second, r] for r in ("wt", "tc", "et")] == [1.0, 1.0, 0.0]
+    assert [dice[third, r] for r in ("wt", "tc", "et")] == [0.0, 0.0, 0.0]
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "| handmade | et | all | 3 |" in summary
+
+
+def test_regions_must_match_the_prediction(small_datasets, tmp_path):
+    case = find_cases(small_datasets["brats2020"])[0]
+    truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+    write_predictions(tmp_path / "pred", case, truth, truth, np.zeros(truth.shape))
+    with pytest.raises(ValueError, match="has 1 channel"):
+        evaluate(
+            str(tmp_path / "pred"),
+            str(small_datasets["brats2020"]),
+            split="all",
+            output=str(tmp_path / "eval"),
+            regions="wt_tc_et",
+        )
