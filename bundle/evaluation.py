@@ -105,12 +105,18 @@ def reliability_bins(
     return count, prob_sum, truth_sum
 
 
+def binned_calibration_error(
+    count: np.ndarray, prob_sum: np.ndarray, truth_sum: np.ndarray
+) -> float:
+    """ECE from :func:`reliability_bins` (of one case, or pooled over cases)."""
+    return float(np.abs(prob_sum - truth_sum).sum() / max(count.sum(), 1))
+
+
 def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = 15) -> float:
     """ECE of a foreground-probability map (Guo et al. 2017; binary form of Jungo and Reyes
     2019): over equal-width bins, the voxel-weighted gap between the mean probability and the
     fraction of tumour voxels. 0 for a calibrated map."""
-    count, prob_sum, truth_sum = reliability_bins(prob, truth, bins)
-    return float(np.abs(prob_sum - truth_sum).sum() / max(count.sum(), 1))
+    return binned_calibration_error(*reliability_bins(prob, truth, bins))
 
 
 def uncertainty_error_overlap(uncertainty: np.ndarray, error: np.ndarray) -> float:

@@ -73,10 +73,12 @@ def labelled_cases(
     return cases
 
 
-def load_case(case: dict, predictions: str | Path, regions: str = "wt") -> dict:
+def load_case(
+    case: dict, predictions: str | Path, regions: str = "wt", with_samples: bool = True
+) -> dict:
     """A case's label, brain mask and spacing with its predictions: ``seg`` (labelmap in the
     case's numbering), ``mean`` and ``variance`` (X, Y, Z, C) and ``samples`` (X, Y, Z, N, C;
-    None when the run did not save them)."""
+    None when the run did not save them or ``with_samples`` is false)."""
     names = region_names(regions)
     label_image = nib.load(case["label"])
     label = np.asanyarray(label_image.dataobj)
@@ -91,7 +93,7 @@ def load_case(case: dict, predictions: str | Path, regions: str = "wt") -> dict:
     brain = np.any([np.asanyarray(nib.load(p).dataobj) != 0 for p in images], axis=0)
     samples_file = output_path(predictions, case_id, "samples")
     samples = None
-    if samples_file.is_file():
+    if with_samples and samples_file.is_file():
         flat = _load(samples_file)
         samples = flat.reshape(*label.shape, -1, len(names))  # sample-major channels
     return {
