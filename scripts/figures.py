@@ -29,6 +29,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,17 +56,19 @@ def ensemble(
     """Mean over cases of ``metric`` against ensemble size, per method and region."""
     rows = list(csv.DictReader(open(cases_csv)))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, region in dict.fromkeys((r.get("method", ""), r["region"]) for r in rows):
+    curves = dict.fromkeys((r.get("method", ""), r["region"]) for r in rows)
+    for index, (method, region) in enumerate(curves):
         group = [r for r in rows if (r.get("method", ""), r["region"]) == (method, region)]
         sizes = sorted({int(r["ensemble"]) for r in group if r["ensemble"].isdigit()})
-        label = f"{method} ({region})"
+        style = {"label": f"{method} ({region})", "color": f"C{index}"}
         if sizes:
             means = [
                 np.mean([float(r[metric]) for r in group if r["ensemble"] == str(k)]) for k in sizes
             ]
-            ax.plot(sizes, means, "o-", label=label)
+            ax.plot(sizes, means, "o-", **style)
         else:
-            ax.axhline(np.mean([float(r[metric]) for r in group]), ls="--", label=label)
+            ax.axhline(np.mean([float(r[metric]) for r in group]), ls="--", **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("ensemble size (samples)")
     ax.set_ylabel(f"mean {metric} over cases")
     ax.set_title(f"{metric} against ensemble size ({SYNTHETIC})")
