@@ -56,9 +56,9 @@ def ensemble(
     """Mean over cases of ``metric`` against ensemble size, per method and region."""
     rows = list(csv.DictReader(open(cases_csv)))
     fig, ax = plt.subplots(figsize=(6, 4))
-    curves = dict.fromkeys((r.get("method", ""), r["region"]) for r in rows)
+    curves = dict.fromkeys((r["method"], r["region"]) for r in rows)
     for index, (method, region) in enumerate(curves):
-        group = [r for r in rows if (r.get("method", ""), r["region"]) == (method, region)]
+        group = [r for r in rows if (r["method"], r["region"]) == (method, region)]
         sizes = sorted({int(r["ensemble"]) for r in group if r["ensemble"].isdigit()})
         style = {"label": f"{method} ({region})", "color": f"C{index}"}
         if sizes:
