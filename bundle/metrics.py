@@ -8,21 +8,7 @@ import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
 
-
-def variance_on_errors(
-    variance: torch.Tensor, seg: torch.Tensor, label: torch.Tensor
-) -> tuple[float, int, float, int]:
-    """Sum of variance over wrongly and rightly segmented voxels, and their counts.
-
-    Returned as sums so that callers can pool over images before dividing.
-    """
-    wrong = seg.bool() != label.bool()
-    return (
-        float(variance[wrong].sum()),
-        int(wrong.sum()),
-        float(variance[~wrong].sum()),
-        int((~wrong).sum()),
-    )
+from bundle.evaluation import variance_on_errors
 
 
 class VarianceErrorRatio(Metric):

@@ -34,8 +34,8 @@ from bundle.handlers import check_checkpoint  # noqa: E402
 from bundle.io import output_path  # noqa: E402
 from bundle.layouts import DatasetError, find_cases  # noqa: E402
 from bundle.options import run_cli  # noqa: E402
+from bundle.scoring import check_case  # noqa: E402
 from bundle.validation import validate_case  # noqa: E402
-from scripts.evaluate import check_case  # noqa: E402
 from scripts.make_demo_data import make_demo_data  # noqa: E402
 
 SHAPE = (48, 48, 32)

@@ -30,6 +30,7 @@ from bundle.layouts import find_cases  # noqa: E402
 from bundle.options import run_cli  # noqa: E402
 from bundle.sampling import make_sampler  # noqa: E402
 from scripts.benchmark import load_config, tumour_slice_indices  # noqa: E402
+from scripts.figures import plot_steps  # noqa: E402
 
 
 def _tumour_slices(case: dict, loader: Compose, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,29 +130,6 @@ def sweep(
     if output:
         Path(output).write_text(report)
     return report
-
-
-def plot_steps(
-    results: dict, samplers: tuple[str, ...], steps: tuple[int, ...], path: Path
-) -> None:
-    """Dice and variance ratio against sampling steps, DDPM's 1000 steps as the reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for index, title in enumerate(("ensemble Dice", "variance ratio, wrong / right pixels")):
-        for name in samplers:
-            axes[index].plot(steps, [results[name, k][index] for k in steps], "o-", label=name)
-        axes[index].axhline(results["ddpm", 1000][index], color="k", ls="--", label="ddpm 1000")
-        axes[index].set_xscale("log")
-        axes[index].set_xlabel("sampling steps")
-        axes[index].set_title(title)
-        axes[index].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Metrics of the paper's table on hand-made volumes with known answers, and the eval script."""
+"""Metrics of the paper's table and of the uncertainty on hand-made volumes with known answers,
+and the evaluation through its script and its bundle config."""
 
 from __future__ import annotations
 
@@ -9,10 +10,26 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from bundle.evaluation import hd95, overlap, segmentation_metrics, uncertainty_metrics
+from bundle.evaluation import (
+    expected_calibration_error,
+    hd95,
+    overlap,
+    qu_brats_score,
+    reliability_bins,
+    segmentation_metrics,
+    uncertainty_error_overlap,
+    uncertainty_metrics,
+    variance_error_correlation,
+    variance_on_errors,
+)
 from bundle.layouts import find_cases
+from bundle.metrics import VarianceErrorRatio
+from bundle.scoring import evaluate
+from tests.bundle_cli import assert_ok, bundle_run
 from tests.conftest import REPO
+from tests.predictions import write_predictions
 
 
 def box(shape, lo, hi) -> np.ndarray:
@@ -57,27 +74,114 @@ def test_variance_on_wrong_and_right_voxels():
     stats = uncertainty_metrics(variance, pred, truth, brain)
     assert stats["var_wrong"] == pytest.approx(0.2) and stats["var_right"] == pytest.approx(0.01)
     assert stats["var_ratio"] == pytest.approx(20.0)
+    assert stats["var_error_corr"] == pytest.approx(1.0)  # the variance is a copy of the errors
+    assert stats["ueo"] == pytest.approx(1.0)
+
+
+def test_variance_sums_are_the_same_for_numpy_and_torch_and_respect_the_brain():
+    seg = np.array([1, 1, 0, 0, 1], np.uint8)
+    label = np.array([1.0, 0.0, 1.0, 0.0, 0.0], np.float32)  # wrong: voxels 1, 2, 4
+    variance = np.array([0.01, 0.1, 0.2, 0.02, 0.3], np.float32)
+    sums = variance_on_errors(variance, seg, label)
+    assert sums == pytest.approx((0.6, 3, 0.03, 2))
+    as_torch = variance_on_errors(*(torch.from_numpy(a) for a in (variance, seg, label)))
+    assert as_torch == pytest.approx(sums)
+    brain = np.array([True, True, True, True, False])
+    assert variance_on_errors(variance, seg, label, brain) == pytest.approx((0.3, 2, 0.03, 2))
+
+
+def test_validation_metric_pools_variance_over_images():
+    seg = [torch.tensor([1, 0, 0, 0]), torch.tensor([1, 1])]
+    label = [torch.tensor([0.0, 0, 0, 0]), torch.tensor([1.0, 0])]
+    variance = [torch.tensor([0.2, 0.01, 0.01, 0.01]), torch.tensor([0.01, 0.1])]
+    metric = VarianceErrorRatio()
+    metric.reset()
+    metric.update((variance, seg, label))
+    # wrong: 0.2 and 0.1 (mean 0.15); right: four voxels of 0.01
+    assert metric.compute() == pytest.approx(15.0)
+
+
+def test_correlation_sign_and_degenerate_maps():
+    error = np.array([1, 1, 0, 0, 0, 0], bool)
+    assert variance_error_correlation(np.array([0.2, 0.1, 0, 0, 0.05, 0]), error) > 0.5
+    assert variance_error_correlation(np.array([0, 0, 0.2, 0.1, 0.1, 0.2]), error) < -0.5
+    assert np.isnan(variance_error_correlation(np.zeros(6), error))  # no uncertainty
+    assert np.isnan(variance_error_correlation(np.ones(6), np.zeros(6, bool)))  # no error
+
+
+def test_calibration_error_known_answers():
+    truth = np.arange(10) < 3
+    assert expected_calibration_error(np.full(10, 0.3), truth) == pytest.approx(0.0)
+    # two bins: p = 0.1 on 10 voxels, half tumour (gap 0.4); p = 0.9 on 10 voxels, 9 tumour (0)
+    prob = np.r_[np.full(10, 0.1), np.full(10, 0.9)]
+    truth = np.r_[np.arange(10) < 5, np.arange(10) < 9]
+    assert expected_calibration_error(prob, truth) == pytest.approx(0.5 * 0.4)
+    count, prob_sum, truth_sum = reliability_bins(prob, truth, bins=15)
+    assert count.sum() == 20 and count[1] == 10 and count[13] == 10
+    assert truth_sum[1] == 5 and prob_sum[13] == pytest.approx(9.0)
+    # a sure, always right map is calibrated; a sure, always wrong one is off by 1
+    assert expected_calibration_error(truth.astype(float), truth) == 0.0
+    assert expected_calibration_error(1.0 - truth, truth) == pytest.approx(1.0)
+
+
+def test_uncertainty_error_overlap_known_answers():
+    error = np.arange(20) < 4  # 4 errors among 20 brain voxels
+    assert uncertainty_error_overlap(error * 0.3, error) == pytest.approx(1.0)
+    # a uniform map can at best flag everything: Dice 2 * 4 / (20 + 4)
+    assert uncertainty_error_overlap(np.full(20, 0.1), error) == pytest.approx(8 / 24)
+    assert uncertainty_error_overlap(np.zeros(20), error) == 0.0  # no uncertainty flags nothing
+    # the best threshold keeps the 2 most uncertain errors and one correct voxel out
+    graded = np.r_[0.9, 0.8, 0.1, 0.1, 0.5, np.zeros(15)]
+    assert uncertainty_error_overlap(graded, error) == pytest.approx(max(4 / 6, 4 / 7, 8 / 9))
+    assert uncertainty_error_overlap(np.zeros(20), np.zeros(20, bool)) == 1.0
+
+
+def qu_brats_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """20 brain voxels: 2 true positives, 2 false positives, 2 false negatives (Dice 0.5)."""
+    truth = np.zeros(20, bool)
+    pred = np.zeros(20, bool)
+    truth[[0, 1, 2, 3]] = True
+    pred[[0, 1, 4, 5]] = True
+    return pred, truth, pred != truth
+
+
+def test_qu_brats_rewards_uncertainty_that_marks_the_errors():
+    pred, truth, error = qu_brats_case()
+    brain = np.ones(20, bool)
+    exact = qu_brats_score(error.astype(float), pred, truth, brain)
+    # every threshold below 1 filters exactly the errors: Dice 1 there, nothing right filtered
+    assert exact["qu_ftp_auc"] == 0.0 and exact["qu_ftn_auc"] == 0.0
+    assert exact["qu_dice_auc"] == pytest.approx(1 - 0.5 / 80)  # Dice 0.5 only at t = 1
+    assert exact["qu_brats"] == pytest.approx((1 - 0.5 / 80 + 2) / 3)
+    uniform = qu_brats_score(np.full(20, 0.5), pred, truth, brain)
+    # below t = 0.5 everything is filtered (Dice of nothing 1, all TP and TN filtered)
+    assert uniform["qu_ftp_auc"] == pytest.approx(0.475 + 0.0125)
+    assert uniform["qu_dice_auc"] == pytest.approx(0.475 + 0.0125 * 1.5 + 0.25)
+    assert uniform["qu_brats"] == pytest.approx((0.74375 + 2 * (1 - 0.4875)) / 3)
+    none = qu_brats_score(np.zeros(20), pred, truth, brain)
+    assert none["qu_brats"] == pytest.approx((0.5 + 2) / 3)
+    assert exact["qu_brats"] > none["qu_brats"] > uniform["qu_brats"]
+
+
+def test_qu_brats_counts_filtered_negatives_on_the_brain_only():
+    pred, truth, error = qu_brats_case()
+    uncertainty = error.astype(float)
+    uncertainty[10:] = 1.0  # uncertain true negatives, half of them outside the brain
+    brain = np.arange(20) < 15
+    score = qu_brats_score(uncertainty, pred, truth, brain)
+    # 5 of the 9 true negatives of the brain are filtered below t = 1
+    assert score["qu_ftn_auc"] == pytest.approx(5 / 9 * (1 - 1 / 80))
 
 
 def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     cases = find_cases(small_datasets["brats2020"])
     predictions = tmp_path / "pred"
-    predictions.mkdir()
     for i, case in enumerate(cases):
         label = nib.load(case["label"])
         truth = (np.asanyarray(label.dataobj) > 0).astype(np.uint8)
         seg = truth if i == 0 else np.zeros_like(truth)  # case 0 perfect, the others empty
         samples = np.stack([seg, seg, truth], -1).astype(np.float32)
-        for name, data in (
-            ("seg", seg),
-            ("mean", samples.mean(-1)),
-            ("var", samples.var(-1)),
-            ("samples", samples),
-        ):
-            nib.save(
-                nib.Nifti1Image(data, label.affine),
-                str(predictions / f"{case['case_id']}_{name}.nii.gz"),
-            )
+        write_predictions(predictions, case, seg, samples.mean(-1), samples.var(-1), samples)
     result = subprocess.run(
         [
             sys.executable,
@@ -100,10 +204,85 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
     by_case = {(r["case"], r["ensemble"]): r for r in rows}
+    assert {r["region"] for r in rows} == {"wt"}
     first, second = cases[0]["case_id"], cases[1]["case_id"]
     assert float(by_case[first, "all"]["dice"]) == 1.0
     assert float(by_case[second, "all"]["dice"]) == 0.0
     assert float(by_case[second, "3"]["dice"]) == 0.0  # 1 of 3 samples right: mean < 0.5
     assert float(by_case[second, "1"]["dice"]) == 0.0
+    # the missed tumour is exactly where the 3 samples disagree
+    assert float(by_case[second, "3"]["ueo"]) == 1.0
+    assert float(by_case[second, "all"]["var_error_corr"]) == pytest.approx(1.0)
+    assert float(by_case[second, "1"]["ueo"]) == 0.0  # one sample: no variance
     summary = (tmp_path / "eval" / "summary.md").read_text()
-    assert "| test | all | 3 |" in summary and "Dice" in summary
+    assert "| test | wt | all | 3 |" in summary and "QU-BraTS" in summary
+
+
+def test_one_table_for_several_methods(small_datasets, tmp_path):
+    cases = find_cases(small_datasets["brats2020"])
+    for name, value in (("right", 1), ("empty", 0)):
+        for case in cases:
+            truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+            seg = truth * value
+            write_predictions(tmp_path / name, case, seg, seg, np.zeros(seg.shape))
+    summary = evaluate(
+        [str(tmp_path / "right"), str(tmp_path / "empty")],
+        str(small_datasets["brats2020"]),
+        split="all",
+        output=str(tmp_path / "eval"),
+        method=["A", "B"],
+    )
+    assert [(s["method"], s["dice"]) for s in summary] == [("A", 1.0), ("B", 0.0)]
+    assert "ece" in summary[0] and "var_error_corr" not in summary[0]  # no variance: n/a
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    assert [r["method"] for r in rows] == ["A"] * 3 + ["B"] * 3
+    with pytest.raises(ValueError, match="method name"):
+        evaluate([str(tmp_path / "right")], str(small_datasets["brats2020"]), method=["A", "B"])
+
+
+def test_evaluating_config_scores_each_region(small_datasets, tmp_path):
+    dataset = small_datasets["brats2023"]  # labels 1 necrosis, 2 edema, 3 enhancing
+    predictions = tmp_path / "pred"
+    cases = find_cases(dataset)
+    for i, case in enumerate(cases):
+        label = np.asanyarray(nib.load(case["label"]).dataobj).astype(np.uint8)
+        # case 0 right; case 1 calls enhancing necrosis (wt and tc right, et missed); case 2 empty
+        seg = [label, np.where(label == 3, 1, label), np.zeros_like(label)][i]
+        masks = np.stack([np.isin(seg, v) for v in ([1, 2, 3], [1, 3], [3])], -1)
+        write_predictions(predictions, case, seg, masks, np.zeros(masks.shape))
+    result = bundle_run(
+        "evaluating",
+        ["inference.yaml", "evaluate.yaml"],
+        {
+            "dataset_dir": dataset,
+            "split": "all",
+            "predictions_dir": predictions,
+            "eval_dir": tmp_path / "eval",
+            "method": "handmade",
+            "regions": "wt_tc_et",
+        },
+        timeout=300,
+    )
+    assert_ok(result)
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    dice = {(r["case"], r["region"]): float(r["dice"]) for r in rows}
+    first, second, third = (case["case_id"] for case in cases)
+    assert [dice[first, r] for r in ("wt", "tc", "et")] == [1.0, 1.0, 1.0]
+    assert [dice[second, r] for r in ("wt", "tc", "et")] == [1.0, 1.0, 0.0]
+    assert [dice[third, r] for r in ("wt", "tc", "et")] == [0.0, 0.0, 0.0]
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "| handmade | et | all | 3 |" in summary
+
+
+def test_regions_must_match_the_prediction(small_datasets, tmp_path):
+    case = find_cases(small_datasets["brats2020"])[0]
+    truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+    write_predictions(tmp_path / "pred", case, truth, truth, np.zeros(truth.shape))
+    with pytest.raises(ValueError, match="has 1 channel"):
+        evaluate(
+            str(tmp_path / "pred"),
+            str(small_datasets["brats2020"]),
+            split="all",
+            output=str(tmp_path / "eval"),
+            regions="wt_tc_et",
+        )

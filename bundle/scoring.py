@@ -1,0 +1,255 @@
+"""Scoring folders of inference outputs against the labels of a split, as the paper's table.
+
+One implementation behind ``scripts/evaluate.py``, ``configs/evaluate.yaml`` and the figures.
+Per case and region (wt, or wt, tc, et): Dice, HD95 (mm) and Jaccard of the written
+segmentation (the N-sample ensemble, ``ensemble`` "all") and, when the run saved its samples,
+of the ensembles of the first 1..N samples; and the uncertainty quality of each of these
+ensembles' variance and mean maps on the brain's voxels (:mod:`bundle.evaluation`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from bundle.datalist import select_cases
+from bundle.evaluation import (
+    expected_calibration_error,
+    segmentation_metrics,
+    uncertainty_metrics,
+)
+from bundle.io import output_path
+from bundle.layouts import DatasetError
+from bundle.transforms import region_names, region_values, regions_to_labelmap
+from bundle.validation import check_geometry, load_nifti, read_voxels, validate_case
+
+METRICS: tuple[str, ...] = ("dice", "hd95", "jaccard")
+UNCERTAINTY: tuple[str, ...] = (
+    "var_wrong",
+    "var_right",
+    "var_ratio",
+    "var_error_corr",
+    "ece",
+    "ueo",
+    "qu_brats",
+)
+"""Columns of the summary, after the segmentation metrics (cases.csv has the QU-BraTS parts too)."""
+
+
+def _load(path: Path, case_id: str) -> np.ndarray:
+    return read_voxels(load_nifti(path, case_id), path, case_id)
+
+
+def check_case(case: dict, predictions: str | Path) -> None:
+    """Raise DatasetError, naming the case and file, unless the case passes validation and its
+    segmentation and variance (and samples, if written) are there, readable, and in the label's
+    shape and affine: checked for every case before any case is scored."""
+    case_id = case["case_id"]
+    validate_case(case)
+    label_path = Path(case["label"])
+    label = load_nifti(label_path, case_id)
+    for key in ("pred", "variance", "samples"):
+        path = output_path(predictions, case_id, key)
+        if key != "samples" or path.is_file():
+            check_geometry(case_id, path, load_nifti(path, case_id), label_path, label)
+
+
+def _with_channels(array: np.ndarray, channels: int, path: Path, regions: str) -> np.ndarray:
+    """A prediction map as (X, Y, Z, C), refusing one written for other regions."""
+    array = array[..., None] if array.ndim == 3 else array
+    if array.shape[-1] != channels:
+        raise DatasetError(
+            f"prediction file {path} has {array.shape[-1]} channel(s), regions {regions!r} "
+            f"needs {channels}"
+        )
+    return array
+
+
+def labelled_cases(
+    dataset_dir: str,
+    split: str = "testing",
+    num_folds: int = 5,
+    fold: int = 0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[dict]:
+    """The labelled cases of one side of the training split (``all``: the whole folder)."""
+    selected = select_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
+    cases = [case for case in selected if "label" in case]
+    if not cases:
+        raise DatasetError(f"dataset folder {dataset_dir}: no labelled case in split {split!r}")
+    return cases
+
+
+def load_case(
+    case: dict, predictions: str | Path, regions: str = "wt", with_samples: bool = True
+) -> dict:
+    """A case's label, brain mask and spacing with its predictions: ``seg`` (labelmap in the
+    case's numbering), ``mean`` and ``variance`` (X, Y, Z, C) and ``samples`` (X, Y, Z, N, C;
+    None when the run did not save them or ``with_samples`` is false)."""
+    names = region_names(regions)
+    label_image = nib.load(case["label"])
+    label = np.asanyarray(label_image.dataobj)
+    case_id = case["case_id"]
+    files = {key: output_path(predictions, case_id, key) for key in ("pred", "mean", "variance")}
+    seg = _load(files["pred"], case_id)
+    if seg.shape != label.shape:
+        raise DatasetError(
+            f"case {case_id}: prediction shape {seg.shape} differs from label {label.shape}"
+        )
+    images = case["image"] if isinstance(case["image"], list) else [case["image"]]
+    brain = np.any([np.asanyarray(nib.load(p).dataobj) != 0 for p in images], axis=0)
+    samples_file = output_path(predictions, case_id, "samples")
+    samples = None
+    if with_samples and samples_file.is_file():
+        flat = _load(samples_file, case_id)
+        samples = flat.reshape(*label.shape, -1, len(names))  # sample-major channels
+    return {
+        "case_id": case_id,
+        "layout": case["layout"],
+        "label": label,
+        "spacing": tuple(float(s) for s in label_image.header.get_zooms()[:3]),
+        "brain": brain.reshape(*label.shape, -1).any(-1),
+        "seg": seg,
+        **{
+            key: _with_channels(_load(files[key], case_id), len(names), files[key], str(regions))
+            for key in ("mean", "variance")
+        },
+        "samples": samples,
+    }
+
+
+def ensembles(
+    volumes: dict, regions: str
+) -> Iterator[tuple[str | int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(ensemble size, labelmap, mean and variance (X, Y, Z, C)) of the written ensemble ("all")
+    and of the first 1..N saved samples, segmented as inference does (mean > 0.5, nested)."""
+    yield "all", volumes["seg"], volumes["mean"], volumes["variance"]
+    samples = volumes["samples"]
+    for k in range(1, 0 if samples is None else samples.shape[-2] + 1):
+        mean, variance = samples[..., :k, :].mean(-2), samples[..., :k, :].var(-2)
+        masks = torch.from_numpy(np.moveaxis(mean > 0.5, -1, 0))
+        seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
+        yield k, seg, mean, variance
+
+
+def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> list[dict]:
+    """Rows of metrics for one case: per ensemble size, one per region."""
+    volumes = load_case(case, predictions, regions)
+    brain, layout = volumes["brain"], volumes["layout"]
+    rows = []
+    for ensemble, seg, mean, variance in ensembles(volumes, regions):
+        for c, region in enumerate(region_names(regions)):
+            values = region_values(layout, region)
+            pred, truth = np.isin(seg, values), np.isin(volumes["label"], values)
+            row = {"case": volumes["case_id"], "region": region, "ensemble": ensemble}
+            row.update(segmentation_metrics(pred, truth, volumes["spacing"]))
+            row.update(uncertainty_metrics(variance[..., c], pred, truth, brain))
+            row["ece"] = expected_calibration_error(mean[..., c][brain], truth[brain])
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict], method: str) -> list[dict]:
+    """Mean and std over cases per region and ensemble size (nan values left out)."""
+    summary = []
+    for region, ensemble in dict.fromkeys((r["region"], r["ensemble"]) for r in rows):
+        group = [r for r in rows if (r["region"], r["ensemble"]) == (region, ensemble)]
+        entry = {"method": method, "region": region, "ensemble": ensemble, "cases": len(group)}
+        for key in (*METRICS, *UNCERTAINTY):
+            values = np.array([r[key] for r in group], dtype=float)
+            values = values[~np.isnan(values)]
+            if len(values):
+                entry[key], entry[f"{key}_std"] = float(values.mean()), float(values.std())
+        summary.append(entry)
+    return summary
+
+
+def _cell(entry: dict, key: str, digits: int = 3) -> str:
+    if key not in entry:
+        return "n/a"
+    return f"{entry[key]:.{digits}f} ± {entry[key + '_std']:.{digits}f}"
+
+
+def markdown(summary: list[dict]) -> str:
+    """The paper's table (Dice, HD95, Jaccard; mean ± std over cases) with a region column,
+    then the uncertainty quality: mean variance on wrong / right brain voxels, their
+    correlation with the errors, ECE of the mean map, UEO and QU-BraTS score."""
+    lines = [
+        "| method | region | samples | cases | Dice | HD95 (mm) | Jaccard | var wrong / right "
+        "| corr(var, error) | ECE | UEO | QU-BraTS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        var = (
+            f"{s['var_wrong']:.4f} / {s['var_right']:.5f}"
+            if "var_wrong" in s and "var_right" in s
+            else "n/a"
+        )
+        cells = [
+            *(_cell(s, m) for m in METRICS),
+            var,
+            _cell(s, "var_error_corr"),
+            _cell(s, "ece", 4),
+            _cell(s, "ueo"),
+            _cell(s, "qu_brats"),
+        ]
+        lines.append(
+            f"| {s['method']} | {s['region']} | {s['ensemble']} | {s['cases']} | "
+            f"{' | '.join(cells)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    predictions: str | Sequence[str],
+    dataset_dir: str,
+    split: str = "testing",
+    output: str = "eval",
+    method: str | Sequence[str] = "diffusion ensemble",
+    regions: str = "wt",
+    num_folds: int = 5,
+    fold: int = 0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[dict]:
+    """Score every labelled case of ``split`` (``training``/``validation``/``testing`` as the
+    datalist splits ``dataset_dir``; ``all`` for the whole folder) in each prediction folder.
+
+    ``predictions`` and ``method`` may be lists (one method name per folder) for one table of
+    several methods. Writes ``cases.csv`` (one row per method, case, ensemble size and region)
+    and ``summary.md`` under ``output``, and returns the summary rows.
+    """
+    folders = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+    methods = [method] if isinstance(method, str) else list(method)
+    if len(methods) != len(folders):
+        raise ValueError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
+    region_names(regions)  # fails early on an unknown setting
+    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
+    for folder in folders:
+        for case in cases:
+            check_case(case, folder)
+    rows, summary = [], []
+    for folder, name in zip(folders, methods, strict=True):
+        method_rows = [
+            {"method": name, **row}
+            for case in cases
+            for row in evaluate_case(case, folder, regions)
+        ]
+        rows += method_rows
+        summary += summarise(method_rows, name)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out / "cases.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return summary

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Re-measure the table and figures of docs/results.md (synthetic demo data, shipped weights):
+#   bash scripts/results.sh [DATASET_DIR] [OUTPUTS] [EVAL_DIR]
+# Inference of the held-out split (--split testing: 6 of the 30 demo cases) by the diffusion
+# ensemble (5 samples, saved), the U-Net and MC dropout (5 passes, saved); one evaluation of all
+# three (EVAL_DIR/summary.md is the table, EVAL_DIR/cases.csv the per-case rows); the figures
+# in docs/. Cases whose outputs exist are not run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-data/demo}
+OUT=${2:-outputs}
+EVAL=${3:-eval/results}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+UNET="['configs/inference.yaml','configs/baseline_unet_inference.yaml']"
+infer() {  # config, output folder, extra overrides
+  python -m monai.bundle run inference --config_file "$1" --dataset_dir "$DATA" --split testing \
+    --output_dir "$OUT/$2" --quicklook false "${@:3}"
+}
+infer configs/inference.yaml diffusion --save_samples true
+infer "$UNET" unet
+infer "$UNET" mcdropout --mc_dropout true --save_samples true
+python scripts/evaluate.py --dataset_dir "$DATA" --split testing --output "$EVAL" \
+  --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
+  --method "['diffusion (x0, DDIM 5)','U-Net (deterministic)','U-Net + MC dropout']"
+python scripts/figures.py ensemble --cases_csv "$EVAL/cases.csv" --output docs/dice_vs_ensemble.png
+python scripts/figures.py reliability --dataset_dir "$DATA" --split testing \
+  --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
+  --method "['diffusion','U-Net','MC dropout']" --output docs/reliability.png
+python scripts/figures.py steps --sweep docs/performance_sweep.md --output docs/performance_sweep.png

@@ -1,0 +1,29 @@
+"""Hand-made inference outputs, named and shaped as inference writes them, for evaluation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bundle.io import output_path
+
+
+def write_predictions(
+    folder: Path,
+    case: dict,
+    seg: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    samples: np.ndarray | None = None,
+) -> None:
+    """One case's ``_seg``, ``_mean``, ``_var`` (and ``_samples``) NIfTI in the label's grid."""
+    affine = nib.load(case["label"]).affine
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = {"pred": seg.astype(np.uint8), "mean": mean, "variance": variance}
+    if samples is not None:
+        outputs["samples"] = samples
+    for key, data in outputs.items():
+        array = data if key == "pred" else data.astype(np.float32)
+        nib.save(nib.Nifti1Image(array, affine), str(output_path(folder, case["case_id"], key)))
