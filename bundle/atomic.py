@@ -1,7 +1,8 @@
 """Writing files so that a killed run leaves the old file or the new one, never half of one.
 
 Every file is written to a hidden temporary name beside it, ``.tmp-<pid>-<name>`` (the name's
-extension kept, so nibabel still compresses ``.nii.gz``), and renamed into place when complete.
+extension kept, so nibabel still compresses ``.nii.gz`` and pynrrd still writes ``.seg.nrrd``),
+and renamed into place when complete.
 A SIGKILL during a write can only leave such a hidden file; the next run over the folder removes
 those whose writing process is gone (:func:`remove_stale_temporaries`).
 """

@@ -86,6 +86,9 @@ MSD = Layout(
     label_of=(("edema", 1), ("necrosis", 2), ("enhancing", 3)),
 )
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (BRATS2020, BRATS2023, MSD)}
+DEFAULT_LAYOUT = BRATS2020.name
+"""The label numbering of a case whose datalist entry names no layout, as MONAI Label's
+datastore entries (``{"image", "label"}``) and hand-written datalists: BraTS 2020/2021's."""
 SEPARATE_FILE_LAYOUTS: tuple[Layout, ...] = (BRATS2020, BRATS2023)
 
 LABEL_SUFFIX = "seg"

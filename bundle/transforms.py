@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Spacingd
 
-from bundle.layouts import LAYOUTS, MODALITIES
+from bundle.layouts import DEFAULT_LAYOUT, LAYOUTS, MODALITIES, SUB_REGIONS
 
 REGIONS: dict[str, tuple[str, ...]] = {
     "wt": ("necrosis", "edema", "enhancing"),
@@ -42,6 +42,22 @@ def region_values(layout: str, region: str) -> list[int]:
     return [LAYOUTS[layout].label(name) for name in REGIONS[region]]
 
 
+WHOLE_TUMOUR = "whole tumour"
+"""The one class of a whole-tumour-only model's labelmap."""
+
+
+def labelmap_classes(regions: str | Sequence[str], layout: str = DEFAULT_LAYOUT) -> dict[str, int]:
+    """The classes of the segmentation labelmap and their values, which MONAI Label's labels,
+    the metadata's ``channel_def`` and Slicer's segments must all agree on: whole tumour = 1 for
+    a ``wt`` model; the three BraTS sub-regions in the layout's numbering for ``wt_tc_et``."""
+    regions = region_names(regions)
+    if regions == ("wt",):
+        return {WHOLE_TUMOUR: 1}
+    if set(regions) != set(REGIONS):
+        raise ValueError(f"a labelmap needs the regions {sorted(REGIONS)}, got {list(regions)}")
+    return {name: LAYOUTS[layout].label(name) for name in SUB_REGIONS}
+
+
 def regions_to_labelmap(masks: torch.Tensor, regions: Sequence[str], layout: str) -> torch.Tensor:
     """One labelmap in a layout's numbering from binary region channels (C, ...) -> (1, ...).
 
@@ -51,19 +67,17 @@ def regions_to_labelmap(masks: torch.Tensor, regions: Sequence[str], layout: str
     tumour only. A whole-tumour-only model gives a binary 0/1 map.
     """
     regions = region_names(regions)
+    classes = labelmap_classes(regions, layout)
     inside = {name: masks[i] > 0 for i, name in enumerate(regions)}
     if regions == ("wt",):
-        return inside["wt"][None].to(torch.uint8)
-    if set(regions) != set(REGIONS):
-        raise ValueError(f"a labelmap needs the regions {sorted(REGIONS)}, got {list(regions)}")
+        return (inside["wt"][None] * classes[WHOLE_TUMOUR]).to(torch.uint8)
     wt = inside["wt"]
     tc = inside["tc"] & wt
     et = inside["et"] & tc
-    numbers = LAYOUTS[layout]
     labelmap = torch.zeros_like(wt, dtype=torch.uint8)
-    labelmap[wt] = numbers.label("edema")
-    labelmap[tc] = numbers.label("necrosis")
-    labelmap[et] = numbers.label("enhancing")
+    labelmap[wt] = classes["edema"]
+    labelmap[tc] = classes["necrosis"]
+    labelmap[et] = classes["enhancing"]
     return labelmap[None]
 
 
@@ -72,6 +86,8 @@ class ReorderChannelsd(MapTransform):
 
     The order comes with each case (``channel_order`` in its datalist entry), since a 4-D MSD
     file stores FLAIR first while separate BraTS files are loaded in the right order already.
+    An entry without one (MONAI Label gives each case as one 4-D image and nothing else) is
+    taken to be in the bundle's order, the metadata's ``channel_def``.
     """
 
     def __init__(self, keys: KeysCollection, order_key: str = "channel_order") -> None:
@@ -92,11 +108,33 @@ class ReorderChannelsd(MapTransform):
         return d
 
 
+class PathSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` for data dicts that hold strings under names like ``image_path``.
+
+    MONAI 1.6.1's ``Spacingd`` updates every entry named ``<key>_...`` as if it were a meta
+    dict, which fails on MONAI Label's ``image_path`` (the request's file name); such entries
+    are set aside while it runs.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
+        }
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
+        return d
+
+
 class LabelToRegionsd(MapTransform):
     """Turn a layout's integer labelmap into one binary channel per region (e.g. whole tumour).
 
     The layout (``layout`` in the datalist entry) says which numbers mean which sub-region, so
-    BraTS 2020 (1, 2, 4), BraTS 2023 and MSD (1, 2, 3) give the same regions.
+    BraTS 2020 (1, 2, 4), BraTS 2023 and MSD (1, 2, 3) give the same regions; an entry without
+    one is read in :data:`bundle.layouts.DEFAULT_LAYOUT`'s numbering.
     """
 
     def __init__(
@@ -112,7 +150,7 @@ class LabelToRegionsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        layout = d.get(self.layout_key, "brats2020")
+        layout = d.get(self.layout_key, DEFAULT_LAYOUT)
         for key in self.key_iterator(d):
             label = d[key]
             channels = [
@@ -229,7 +267,7 @@ class RegionsToLabelmapd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        layout = d.get(self.layout_key, "brats2020")
+        layout = d.get(self.layout_key, DEFAULT_LAYOUT)
         for key in self.key_iterator(d):
             masks = d[key]
             plain = masks.as_tensor() if isinstance(masks, MetaTensor) else masks

@@ -1,0 +1,63 @@
+"""scripts/segment.py: one case from four arbitrarily named files, through inference.yaml."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from scripts.segment import segment
+from tests.bundle_cli import TINY_DIFFUSION_NET
+from tests.conftest import REPO
+from tests.test_inference import tiny_weights
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+
+def test_segment_one_case_from_four_files(small_datasets, tmp_path):
+    case = sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[0]
+    files = {}
+    for modality in MODALITIES:  # named as an export from a viewer might name them
+        files[modality] = tmp_path / f"scan {modality.upper()}.nii.gz"
+        shutil.copy(case / f"{case.name}_{modality}.nii.gz", files[modality])
+    out = tmp_path / "out"
+    tiny = {key: ast.literal_eval(value) for key, value in TINY_DIFFUSION_NET.items()}
+    entry = segment(
+        **{m: str(p) for m, p in files.items()},
+        output_dir=str(out),
+        num_samples=2,
+        ckpt_path=str(tiny_weights(tmp_path / "model.pt")),
+        image_size=64,
+        sampling_steps=2,
+        prediction_type="epsilon",
+        quicklook=False,
+        **tiny,
+    )
+    name = entry["case_id"]
+    assert name == "scan T1"  # after the t1 file
+    reference = nib.load(str(files["t1"]))
+    for postfix in ("mean", "var", "seg"):
+        image = nib.load(str(out / f"{name}_{postfix}.nii.gz"))
+        assert image.shape == reference.shape
+        np.testing.assert_allclose(image.affine, reference.affine, atol=1e-4)
+    assert (out / f"{name}.seg.nrrd").is_file()
+
+
+def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):
+    case = sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[0]
+    args = [f"--{m}={case / f'{case.name}_{m}.nii.gz'}" for m in MODALITIES]
+    missing = tmp_path / "no_flair.nii.gz"
+    args[-1] = f"--flair={missing}"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "segment.py"), *args, f"--output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
