@@ -45,29 +45,39 @@ def _load(path: Path, case_id: str) -> np.ndarray:
     return read_voxels(load_nifti(path, case_id), path, case_id)
 
 
-def check_case(case: dict, predictions: str | Path) -> None:
+def check_case(case: dict, predictions: str | Path, regions: str = "wt") -> None:
     """Raise DatasetError, naming the case and file, unless the case passes validation and its
-    segmentation and variance (and samples, if written) are there, readable, and in the label's
-    shape and affine: checked for every case before any case is scored."""
+    segmentation, mean and variance (and samples, if written) are there, readable, in the
+    label's shape and affine, and with the channels of ``regions``: checked for every case
+    before any case is scored."""
     case_id = case["case_id"]
     validate_case(case)
     label_path = Path(case["label"])
     label = load_nifti(label_path, case_id)
-    for key in ("pred", "variance", "samples"):
+    for key in ("pred", "mean", "variance", "samples"):
         path = output_path(predictions, case_id, key)
         if key != "samples" or path.is_file():
-            check_geometry(case_id, path, load_nifti(path, case_id), label_path, label)
+            image = load_nifti(path, case_id)
+            check_geometry(case_id, path, image, label_path, label)
+            if key in ("mean", "variance"):
+                _check_channels(case_id, image.shape, path, regions)
 
 
-def _with_channels(array: np.ndarray, channels: int, path: Path, regions: str) -> np.ndarray:
-    """A prediction map as (X, Y, Z, C), refusing one written for other regions."""
-    array = array[..., None] if array.ndim == 3 else array
-    if array.shape[-1] != channels:
+def _check_channels(case_id: str, shape: tuple[int, ...], path: Path, regions: str) -> None:
+    """Refuse a mean or variance map written for other regions than ``regions``."""
+    channels = shape[3] if len(shape) > 3 else 1
+    needed = len(region_names(regions))
+    if channels != needed:
         raise DatasetError(
-            f"prediction file {path} has {array.shape[-1]} channel(s), regions {regions!r} "
-            f"needs {channels}"
+            f"case {case_id}: prediction file {path} has {channels} channel(s), regions "
+            f"{regions!r} needs {needed}"
         )
-    return array
+
+
+def _with_channels(case_id: str, array: np.ndarray, path: Path, regions: str) -> np.ndarray:
+    """A prediction map as (X, Y, Z, C), refusing one written for other regions."""
+    _check_channels(case_id, array.shape, path, regions)
+    return array[..., None] if array.ndim == 3 else array
 
 
 def labelled_cases(
@@ -117,7 +127,7 @@ def load_case(
         "brain": brain.reshape(*label.shape, -1).any(-1),
         "seg": seg,
         **{
-            key: _with_channels(_load(files[key], case_id), len(names), files[key], str(regions))
+            key: _with_channels(case_id, _load(files[key], case_id), files[key], str(regions))
             for key in ("mean", "variance")
         },
         "samples": samples,
@@ -233,7 +243,7 @@ def evaluate(
     cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
     for folder in folders:
         for case in cases:
-            check_case(case, folder)
+            check_case(case, folder, regions)
     rows, summary = [], []
     for folder, name in zip(folders, methods, strict=True):
         method_rows = [

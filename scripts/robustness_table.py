@@ -231,7 +231,7 @@ def other_messages(root: Path, dataset: Path, good: str) -> list[tuple[str, str,
     predictions = root / "predictions"
     predictions.mkdir()
     label = nib.load(good_case["label"])
-    for key in ("pred", "variance"):
+    for key in ("pred", "mean", "variance"):
         nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine),
                  str(output_path(predictions, good, key)))  # fmt: skip
     output_path(predictions, good, "variance").unlink()
@@ -241,6 +241,10 @@ def other_messages(root: Path, dataset: Path, good: str) -> list[tuple[str, str,
              str(output_path(predictions, good, "variance")))  # fmt: skip
     rows.append(("evaluation: prediction of another shape", "evaluate.py",
                  _message(lambda: check_case(good_case, predictions))))  # fmt: skip
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.float32), label.affine),
+             str(output_path(predictions, good, "variance")))  # fmt: skip
+    rows.append(("evaluation: prediction for other regions", "evaluate.py",
+                 _message(lambda: check_case(good_case, predictions, "wt_tc_et"))))  # fmt: skip
     return rows
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -21,7 +20,6 @@ from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
 from tests.test_inference import tiny_weights
 
-REQUIREMENTS = REPO / "requirements-monailabel.txt"
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # the metadata's channel_def, the 4-D image's order
 SMALL = {"image_size": 64, "prediction_type": "epsilon", "num_samples": 2, "sampling_steps": 2}
 SMALL_TRAINING = {"image_size": 64, "slices_per_volume": 2, "batch_size": 2}
@@ -44,20 +42,10 @@ def _stand_in_torchvision() -> dict[str, types.ModuleType]:
 
 
 @pytest.fixture(scope="module")
-def monailabel(request: pytest.FixtureRequest):
-    """MONAI Label importable: as installed, else installed once with --no-deps into pytest's
-    cache (its declared dependencies cannot be installed here; the ones it needs come from
-    requirements-dev.txt)."""
+def monailabel():
+    """MONAI Label importable (the README's test command installs it with --no-deps, from
+    requirements-monailabel.txt), with the torchvision stand-in when torchvision is missing."""
     with pytest.MonkeyPatch.context() as patch:
-        if importlib.util.find_spec("monailabel") is None:
-            target = request.config.cache.mkdir("monailabel-0.8.5")
-            if not (target / "monailabel").is_dir():
-                subprocess.run(
-                    [sys.executable, "-m", "pip", "install", "-q", "--no-deps"]
-                    + ["--target", str(target), "-r", str(REQUIREMENTS)],
-                    check=True,
-                )
-            patch.syspath_prepend(str(target))
         if importlib.util.find_spec("torchvision") is None:
             for name, module in _stand_in_torchvision().items():
                 patch.setitem(sys.modules, name, module)
