@@ -4,7 +4,8 @@
 # Inference of the held-out split (--split testing: 6 of the 30 demo cases) by the diffusion
 # ensemble (5 samples, saved), the U-Net and MC dropout (5 passes, saved); one evaluation of all
 # three (EVAL_DIR/summary.md is the table, EVAL_DIR/cases.csv the per-case rows); the figures
-# in docs/. Cases whose outputs exist are not run again.
+# in docs/; then the three-region models and their per-region table (EVAL_DIR/wt_tc_et). Cases
+# whose outputs exist are not run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data/demo}
@@ -27,3 +28,10 @@ python scripts/figures.py reliability --dataset_dir "$DATA" --split testing \
   --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
   --method "['diffusion','U-Net','MC dropout']" --output docs/reliability.png
 python scripts/figures.py steps --sweep docs/performance_sweep.md --output docs/performance_sweep.png
+# three regions (models/wt_tc_et and its U-Net baseline): the per-region table
+infer configs/inference.yaml wt_tc_et/diffusion --regions wt_tc_et --ckpt_dir models/wt_tc_et \
+  --save_samples true
+infer "$UNET" wt_tc_et/unet --regions wt_tc_et --ckpt_dir models/baseline_unet_wt_tc_et
+python scripts/evaluate.py --dataset_dir "$DATA" --split testing --regions wt_tc_et \
+  --output "$EVAL/wt_tc_et" --predictions "['$OUT/wt_tc_et/diffusion','$OUT/wt_tc_et/unet']" \
+  --method "['diffusion (x0, DDIM 5)','U-Net (deterministic)']"
