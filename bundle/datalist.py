@@ -34,6 +34,33 @@ def split_patients(
     return order[:n_test], [rest[k::num_folds] for k in range(num_folds)]
 
 
+SPLITS: tuple[str, ...] = ("training", "validation", "testing")
+
+
+def read_split_file(path: str | Path) -> dict[str, str]:
+    """The side of each case a split file names: JSON ``{"training": [case ids],
+    "validation": [...], "testing": [...]}``, each case on one side only."""
+    path = Path(path)
+    try:
+        listed = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"split file {path} is not readable JSON ({err})") from err
+    if not isinstance(listed, dict) or set(listed) - set(SPLITS) or not listed.get("training"):
+        raise DatasetError(
+            f"split file {path} must map {', '.join(SPLITS)} to lists of case ids, with at "
+            "least one training case"
+        )
+    side_of: dict[str, str] = {}
+    for side in SPLITS:
+        for case_id in listed.get(side, []):
+            if case_id in side_of:
+                raise DatasetError(
+                    f"split file {path} puts case {case_id} in {side_of[case_id]} and {side}"
+                )
+            side_of[str(case_id)] = side
+    return side_of
+
+
 def build_datalist(
     dataset_dir: str | Path,
     num_folds: int = 5,
@@ -42,6 +69,7 @@ def build_datalist(
     seed: int = 0,
     read_data: bool = True,
     validate: bool = True,
+    split_file: str | Path | None = None,
 ) -> dict:
     """Validate every case of a dataset folder and split it for training.
 
@@ -50,6 +78,9 @@ def build_datalist(
     test patients first, then ``fold`` is validation and the other folds are training. Cases
     without a label file cannot be trained on and all go to ``testing``. ``validate=False``
     leaves the checks to the caller (inference skips a bad case rather than stopping).
+    ``split_file`` (see :func:`read_split_file`) fixes the sides by case id instead; the
+    folder's cases it does not name are test cases, and naming a case the folder lacks is an
+    error.
     """
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
@@ -63,8 +94,20 @@ def build_datalist(
     )
     fold_of = {p: k for k, patients in enumerate(folds) for p in patients}
     fold_of.update({p: -1 for p in test_patients})
-    datalist = {"training": [], "validation": [], "testing": []}
-    for case in cases:
+    datalist = {side: [] for side in SPLITS}
+    if split_file:
+        side_of = read_split_file(split_file)
+        absent = sorted(set(side_of) - {case["case_id"] for case in cases})
+        if absent:
+            raise DatasetError(
+                f"split file {split_file} names cases that {dataset_dir} does not hold: "
+                + ", ".join(absent)
+            )
+        for case in cases:
+            side = side_of.get(case["case_id"], "testing") if "label" in case else "testing"
+            fold_number = {"training": 1, "validation": 0}.get(side, -1)
+            datalist[side].append(dict(case, fold=fold_number))
+    for case in [] if split_file else cases:
         entry = dict(case, fold=fold_of.get(patient_id(case), -1))
         if entry["fold"] == -1:
             datalist["testing"].append(entry)
@@ -79,6 +122,7 @@ def build_datalist(
         fold=fold,
         test_fraction=test_fraction,
         seed=seed,
+        split_file=str(split_file) if split_file else None,
     )
     return datalist
 
@@ -98,12 +142,15 @@ def load_datalist(
     test_fraction: float = 0.2,
     seed: int = 0,
     read_data: bool = True,
+    split_file: str | Path | None = None,
 ) -> dict:
     """The datalist the configs train on, every case validated before any work: a written file
     if given (its errors name the file as well as the case), else built from the folder.
     ``read_data`` reads every voxel too (truncated files, NaN, empty modalities)."""
     if not datalist_file:
-        return build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data)
+        return build_datalist(
+            dataset_dir, num_folds, fold, test_fraction, seed, read_data, split_file=split_file
+        )
     path = Path(datalist_file)
     if not path.is_file():
         raise DatasetError(f"datalist file {path} does not exist")
@@ -129,6 +176,7 @@ def select_cases(
     fold: int = 0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    split_file: str | Path | None = None,
 ) -> list[dict]:
     """The cases of a folder to run inference on: all of them, or one side of the split that
     training made with the same settings (e.g. ``testing``: the held-out patients). Not
@@ -137,5 +185,7 @@ def select_cases(
         return find_cases(dataset_dir)
     if split not in ("training", "validation", "testing"):
         raise ValueError(f"split must be all, training, validation or testing, got {split!r}")
-    datalist = build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, validate=False)
+    datalist = build_datalist(
+        dataset_dir, num_folds, fold, test_fraction, seed, validate=False, split_file=split_file
+    )
     return datalist[split]

@@ -37,7 +37,13 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     assert_ok(first)
     assert (ckpt / "last.pt").is_file() and (ckpt / "model.pt").is_file()
     state = torch.load(ckpt / "last.pt", weights_only=False)
-    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert set(state) == {
+        "model", "optimizer", "lr_scheduler", "settings", "best_model", "trainer"
+    }  # fmt: skip
+    # the best validation score is training state, as the settings of the weights are
+    assert state["best_model"]["best"] is not None
+    assert state["settings"]["scheduler"]["prediction_type"] == "sample"
+    assert torch.load(ckpt / "model.pt", weights_only=True)["settings"] == state["settings"]
     iterations = state["trainer"]["iteration"]
     per_epoch = state["trainer"]["epoch_length"]
     assert iterations == 12 * per_epoch and per_epoch > 0
@@ -105,8 +111,10 @@ def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
     assert_ok(run)
     assert "val_mean_dice" in run.stdout + run.stderr
     state = torch.load(ckpt / "last.pt", weights_only=False)
-    assert set(state) == {"model", "ema", "optimizer", "lr_scheduler", "trainer"}
-    shipped = torch.load(ckpt / "model.pt", weights_only=False)
+    assert set(state) == {
+        "model", "ema", "optimizer", "lr_scheduler", "settings", "best_model", "trainer"
+    }  # fmt: skip
+    shipped = torch.load(ckpt / "model.pt", weights_only=False)["model"]
     # the averaged weights are what validation scored and what model.pt ships
     assert all(torch.equal(shipped[k], state["ema"][k]) for k in shipped)
     assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in shipped)
