@@ -32,10 +32,10 @@ from monai.transforms import Compose
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundle.evaluation import overlap  # noqa: E402
-from bundle.layouts import find_cases  # noqa: E402
-from bundle.options import run_cli  # noqa: E402
-from bundle.sampling import DDPMSampler  # noqa: E402
+from bundle.data.layouts import find_cases  # noqa: E402
+from bundle.diffusion.samplers import DDPMSampler  # noqa: E402
+from bundle.evaluation.metrics import overlap  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 
 def _peak_rss_mb() -> float:

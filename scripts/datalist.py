@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.datalist import build_datalist, write_json  # noqa: E402
-from bundle.options import run_cli  # noqa: E402
+from bundle.data.datalist import build_datalist, write_json  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 
 def datalist(

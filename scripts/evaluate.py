@@ -9,7 +9,7 @@ and ensemble size (the written segmentation, and ensembles of the first 1..N sam
 saved them with ``--save_samples true``): Dice, HD95 (mm), Jaccard, and the uncertainty quality
 on brain voxels (variance on wrong vs right voxels, variance-error correlation, ECE of the mean
 map, UEO, QU-BraTS score). Writes ``cases.csv`` and ``summary.md`` under ``output``; the code is
-:func:`bundle.scoring.evaluate`, which ``configs/evaluate.yaml`` runs too.
+:func:`bundle.evaluation.scoring.evaluate`, which ``configs/evaluate.yaml`` runs too.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.options import run_cli  # noqa: E402
-from bundle.scoring import evaluate  # noqa: E402
+from bundle.evaluation.scoring import evaluate  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     run_cli(evaluate)

@@ -23,7 +23,7 @@ from monai.data import save_net_with_metadata
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundle.options import run_cli  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 CONFIG = REPO / "configs" / "inference.yaml"
 

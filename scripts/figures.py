@@ -33,10 +33,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.evaluation import binned_calibration_error, reliability_bins  # noqa: E402
-from bundle.options import run_cli  # noqa: E402
-from bundle.scoring import labelled_cases, load_case  # noqa: E402
-from bundle.transforms import region_names, region_values  # noqa: E402
+from bundle.data.regions import (
+    region_names,
+    region_values,  # noqa: E402
+)
+from bundle.evaluation.metrics import binned_calibration_error, reliability_bins  # noqa: E402
+from bundle.evaluation.scoring import labelled_cases, load_case  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 SYNTHETIC = "synthetic data"
 

@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a file: make `bundle` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.layouts import LABEL_SUFFIX, LAYOUTS, MODALITIES, MSD, SUB_REGIONS, Layout  # noqa: E402
-from bundle.options import run_cli  # noqa: E402
+from bundle.data.layouts import LABEL_SUFFIX, LAYOUTS, MODALITIES, MSD, SUB_REGIONS, Layout  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 FULL_SHAPE: tuple[int, int, int] = (240, 240, 155)
 """BraTS's 1 mm grid; other shapes get a proportionally scaled brain."""

@@ -19,9 +19,9 @@ import monai.bundle
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundle.layouts import DEFAULT_LAYOUT, MODALITIES, case_id_from_path  # noqa: E402
-from bundle.options import run_cli  # noqa: E402
-from bundle.validation import validate_case  # noqa: E402
+from bundle.data.layouts import DEFAULT_LAYOUT, MODALITIES, case_id_from_path  # noqa: E402
+from bundle.data.validation import validate_case  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 
 def segment(

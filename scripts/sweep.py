@@ -24,11 +24,11 @@ from monai.transforms import Compose
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundle.evaluation import overlap, uncertainty_metrics  # noqa: E402
-from bundle.inferer import ImplicitEnsembleInferer  # noqa: E402
-from bundle.layouts import find_cases  # noqa: E402
-from bundle.options import run_cli  # noqa: E402
-from bundle.sampling import make_sampler  # noqa: E402
+from bundle.data.layouts import find_cases  # noqa: E402
+from bundle.diffusion.samplers import make_sampler  # noqa: E402
+from bundle.ensemble.inferers import ImplicitEnsembleInferer  # noqa: E402
+from bundle.evaluation.metrics import overlap, uncertainty_metrics  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 from scripts.benchmark import load_config, tumour_slice_indices  # noqa: E402
 from scripts.figures import plot_steps  # noqa: E402
 

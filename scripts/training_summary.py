@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.options import run_cli  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
 
 
 def scalars(log_dir: str | Path, tag: str) -> list:

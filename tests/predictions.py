@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bundle.io import output_path
+from bundle.io.outputs import output_path
 
 
 def write_predictions(

@@ -12,8 +12,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from bundle.datalist import build_datalist
-from bundle.layouts import MODALITIES, find_cases
+from bundle.data.datalist import build_datalist
+from bundle.data.layouts import MODALITIES, find_cases
 from tests.conftest import LAYOUT_NAMES, REPO, SMALL_SHAPE
 
 

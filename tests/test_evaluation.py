@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.evaluation import (
+from bundle.data.layouts import find_cases
+from bundle.evaluation.metrics import (
     expected_calibration_error,
     hd95,
     overlap,
@@ -24,9 +25,8 @@ from bundle.evaluation import (
     variance_error_correlation,
     variance_on_errors,
 )
-from bundle.layouts import find_cases
-from bundle.metrics import VarianceErrorRatio
-from bundle.scoring import evaluate
+from bundle.evaluation.scoring import evaluate
+from bundle.evaluation.validation_metrics import VarianceErrorRatio
 from tests.bundle_cli import assert_ok, bundle_run
 from tests.conftest import REPO
 from tests.predictions import write_predictions

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.layouts import find_cases
+from bundle.data.layouts import find_cases
 from scripts.figures import ensemble, reliability, steps
 from tests.predictions import write_predictions
 

@@ -8,7 +8,7 @@ import math
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-from bundle.training import HybridLoss, HybridTarget, MaskDiffusionPrepareBatch
+from bundle.diffusion.training import HybridLoss, HybridTarget, MaskDiffusionPrepareBatch
 
 SCHEDULER = DDPMScheduler(variance_type="learned_range")
 ABAR = SCHEDULER.alphas_cumprod.double()

@@ -9,8 +9,8 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
-from bundle.inferer import ImplicitEnsembleInferer, brain_box
-from bundle.sampling import make_sampler
+from bundle.diffusion.samplers import make_sampler
+from bundle.ensemble.inferers import ImplicitEnsembleInferer, brain_box
 
 NUM_STEPS = 3
 

@@ -18,7 +18,7 @@ if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repository
     sys.path.insert(0, str(REPO_ROOT))
 
 import scripts.make_demo_data as make_demo_data_module  # noqa: E402
-from bundle.layouts import (  # noqa: E402
+from bundle.data.layouts import (  # noqa: E402
     BRATS2020,
     LAYOUTS,
     MODALITIES,

@@ -16,7 +16,7 @@ import pytest
 from medpy.metric import binary
 from scipy import ndimage
 
-from bundle.evaluation import segmentation_metrics
+from bundle.evaluation.metrics import segmentation_metrics
 
 SPACING = (1.0, 1.2, 2.5)
 SHAPE = (48, 40, 24)

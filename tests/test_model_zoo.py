@@ -11,8 +11,8 @@ import zipfile
 import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
-from bundle.layouts import DEFAULT_LAYOUT
-from bundle.transforms import labelmap_classes
+from bundle.data.layouts import DEFAULT_LAYOUT
+from bundle.data.regions import labelmap_classes
 from tests.conftest import REPO
 
 CONFIG = REPO / "configs" / "inference.yaml"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bundle.options import flag
+from bundle.workflow.options import flag
 
 
 @pytest.mark.parametrize("value", [True, 1, "true", "True", "yes", "on", "1"])

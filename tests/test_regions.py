@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.layouts import LAYOUTS
-from bundle.transforms import (
+from bundle.data.layouts import LAYOUTS
+from bundle.data.regions import (
     LabelToRegionsd,
     RegionsToLabelmapd,
     region_names,

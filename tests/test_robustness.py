@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.handlers import state_digest
+from bundle.io.checkpoints import state_digest
 from scripts.robustness_table import ACCEPTED, CORRUPTIONS, case_messages, corrupted_dataset, table
 from tests.bundle_cli import (
     BUNDLE_ENV,

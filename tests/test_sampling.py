@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-from bundle.sampling import (
+from bundle.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverPP2MSampler,
@@ -18,7 +18,7 @@ from bundle.sampling import (
     make_sampler,
     spaced_timesteps,
 )
-from bundle.training import MaskDiffusionPrepareBatch
+from bundle.diffusion.training import MaskDiffusionPrepareBatch
 
 SCHEDULER = DDPMScheduler()
 ABAR = SCHEDULER.alphas_cumprod.double()

@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bundle.ema import WeightAverage
+from bundle.diffusion.ema import WeightAverage
 from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
 from tests.conftest import SMALL_SHAPE
 

@@ -8,7 +8,7 @@ from types import TracebackType
 
 import fire
 
-from bundle.layouts import DatasetError
+from bundle.data.layouts import DatasetError
 
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0", "none", ""}

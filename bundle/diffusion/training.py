@@ -17,7 +17,7 @@ from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from bundle.sampling import predicted_x0
+from bundle.diffusion.samplers import predicted_x0
 
 LEARNED_VARIANCE = "learned_range"
 """The scheduler ``variance_type`` under which the network also predicts its variance."""

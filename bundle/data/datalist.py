@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.atomic import atomic_path
-from bundle.layouts import DatasetError, find_cases, patient_id
-from bundle.validation import validate_case
+from bundle.data.layouts import DatasetError, find_cases, patient_id
+from bundle.data.validation import validate_case
+from bundle.io.atomic import atomic_path
 
 
 def split_patients(

@@ -14,10 +14,10 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
-from bundle.atomic import atomic_path  # noqa: E402
-from bundle.io import output_path  # noqa: E402
-from bundle.layouts import MODALITIES, case_id_from_path  # noqa: E402
-from bundle.options import flag  # noqa: E402
+from bundle.data.layouts import MODALITIES, case_id_from_path  # noqa: E402
+from bundle.io.atomic import atomic_path  # noqa: E402
+from bundle.io.outputs import output_path  # noqa: E402
+from bundle.workflow.options import flag  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from bundle.inferer import SliceEnsembleInferer
-from bundle.options import flag
+from bundle.ensemble.inferers import SliceEnsembleInferer
+from bundle.workflow.options import flag
 
 
 @contextlib.contextmanager

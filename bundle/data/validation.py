@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bundle.layouts import (
+from bundle.data.layouts import (
     LABEL_SUFFIX,
     LAYOUTS,
     MODALITIES,

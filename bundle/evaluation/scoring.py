@@ -4,7 +4,7 @@ One implementation behind ``scripts/evaluate.py``, ``configs/evaluate.yaml`` and
 Per case and region (wt, or wt, tc, et): Dice, HD95 (mm) and Jaccard of the written
 segmentation (the N-sample ensemble, ``ensemble`` "all") and, when the run saved its samples,
 of the ensembles of the first 1..N samples; and the uncertainty quality of each of these
-ensembles' variance and mean maps on the brain's voxels (:mod:`bundle.evaluation`).
+ensembles' variance and mean maps on the brain's voxels (:mod:`bundle.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from bundle.datalist import select_cases
-from bundle.evaluation import (
+from bundle.data.datalist import select_cases
+from bundle.data.layouts import DatasetError
+from bundle.data.regions import region_names, region_values, regions_to_labelmap
+from bundle.data.validation import check_geometry, load_nifti, read_voxels, validate_case
+from bundle.evaluation.metrics import (
     expected_calibration_error,
     segmentation_metrics,
     uncertainty_metrics,
 )
-from bundle.io import output_path
-from bundle.layouts import DatasetError
-from bundle.transforms import region_names, region_values, regions_to_labelmap
-from bundle.validation import check_geometry, load_nifti, read_voxels, validate_case
+from bundle.io.outputs import output_path
 
 METRICS: tuple[str, ...] = ("dice", "hd95", "jaccard")
 UNCERTAINTY: tuple[str, ...] = (

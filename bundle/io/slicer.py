@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import slicerio
 
-from bundle.atomic import atomic_path
-from bundle.transforms import WHOLE_TUMOUR, labelmap_classes
+from bundle.data.regions import WHOLE_TUMOUR, labelmap_classes
+from bundle.io.atomic import atomic_path
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     WHOLE_TUMOUR: (1.0, 0.6, 0.0),
@@ -43,7 +43,7 @@ def write_seg_nrrd(
     path: str | Path,
 ) -> Path:
     """Write a (X, Y, Z) labelmap whose voxel-to-RAS matrix is ``affine`` as a Slicer Segmentation
-    (one segment per class of :func:`bundle.transforms.labelmap_classes`), atomically."""
+    (one segment per class of :func:`bundle.data.regions.labelmap_classes`), atomically."""
     segments = [
         {"id": f"Segment_{value}", "name": name, "labelValue": value, "color": COLOURS[name]}
         for name, value in labelmap_classes(regions, layout).items()

@@ -13,8 +13,8 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
-from bundle.options import flag
-from bundle.sampling import Sampler
+from bundle.diffusion.samplers import Sampler
+from bundle.workflow.options import flag
 
 
 class SliceEnsembleInferer(Inferer):
@@ -146,7 +146,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
     the network at once (see :func:`activation_bytes_per_image`).
 
     Args:
-        sampler: reverse-diffusion sampler (see ``bundle.sampling.make_sampler``).
+        sampler: reverse-diffusion sampler (see ``bundle.diffusion.samplers.make_sampler``).
         num_samples: ensemble size N.
         seed: seed of the noise generator (created on the input's device).
         memory_budget_mb: memory allowed for network activations per forward pass.

@@ -8,7 +8,7 @@ import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
 
-from bundle.evaluation import variance_on_errors
+from bundle.evaluation.metrics import variance_on_errors
 
 
 class VarianceErrorRatio(Metric):

@@ -14,17 +14,17 @@ from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor, PathLike
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
-from bundle.atomic import atomic_path, remove_stale_temporaries
-from bundle.layouts import DEFAULT_LAYOUT, DatasetError, output_name_formatter
-from bundle.options import flag
-from bundle.slicer import seg_nrrd_path, write_seg_nrrd
-from bundle.validation import validate_case
+from bundle.data.layouts import DEFAULT_LAYOUT, DatasetError, output_name_formatter
+from bundle.data.validation import validate_case
+from bundle.io.atomic import atomic_path, remove_stale_temporaries
+from bundle.io.slicer import seg_nrrd_path, write_seg_nrrd
+from bundle.workflow.options import flag
 
 logger = logging.getLogger(__name__)
 
 
 class AtomicNibabelWriter(NibabelWriter):
-    """``NibabelWriter`` that writes through :func:`bundle.atomic.atomic_path`: a reader (or 3D
+    """``NibabelWriter`` that writes through :func:`bundle.io.atomic.atomic_path`: a reader (or 3D
     Slicer) sees a complete NIfTI or none."""
 
     def __init__(
@@ -147,7 +147,7 @@ class SaveEnsembled(MapTransform):
     One ``SaveImaged`` per output, each with the bundle's name, dtype and display window, in the
     geometry the data carry (``Invertd`` has put them back into the input's), through the
     atomic writer. The segments are named after ``regions`` in the case's label numbering (its
-    ``layout``, see :func:`bundle.transforms.labelmap_classes`).
+    ``layout``, see :func:`bundle.data.regions.labelmap_classes`).
     """
 
     def __init__(

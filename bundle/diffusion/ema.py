@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from torch import nn
 
-from bundle.options import flag
+from bundle.workflow.options import flag
 
 
 class WeightAverage:

@@ -1,0 +1,118 @@
+"""Dictionary transforms the BraTS pipeline needs beyond MONAI's own."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Spacingd
+
+from bundle.data.layouts import MODALITIES
+
+logger = logging.getLogger(__name__)
+
+
+class ReorderChannelsd(MapTransform):
+    """Put the image channels in the bundle's t1, t1ce, t2, flair order.
+
+    The order comes with each case (``channel_order`` in its datalist entry), since a 4-D MSD
+    file stores FLAIR first while separate BraTS files are loaded in the right order already.
+    An entry without one (MONAI Label gives each case as one 4-D image and nothing else) is
+    taken to be in the bundle's order, the metadata's ``channel_def``.
+    """
+
+    def __init__(self, keys: KeysCollection, order_key: str = "channel_order") -> None:
+        super().__init__(keys)
+        self.order_key = order_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        order = [int(i) for i in d.get(self.order_key, range(len(MODALITIES)))]
+        for key in self.key_iterator(d):
+            if d[key].shape[0] != len(MODALITIES):
+                raise ValueError(
+                    f"{source_name(d[key])}: image has {d[key].shape[0]} channels, expected "
+                    f"{len(MODALITIES)} ({', '.join(MODALITIES)})"
+                )
+            if order != list(range(len(MODALITIES))):
+                d[key] = d[key][order]
+        return d
+
+
+class PathSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` for data dicts that hold strings under names like ``image_path``.
+
+    MONAI 1.6.1's ``Spacingd`` updates every entry named ``<key>_...`` as if it were a meta
+    dict, which fails on MONAI Label's ``image_path`` (the request's file name); such entries
+    are set aside while it runs.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
+        }
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
+        return d
+
+
+class SelectSlicesd(MapTransform):
+    """Pick a fixed, evenly spread set of axial slices of a volume, half with tumour.
+
+    Validation needs the same slices every epoch (random crops would make its Dice noisy), and
+    half of them with tumour so that the Dice says something. Returns one 2-D dict per slice.
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", num_slices: int = 8) -> None:
+        super().__init__(keys)
+        self.label_key = label_key
+        self.num_slices = num_slices
+
+    def _slice_indices(self, image: torch.Tensor, label: torch.Tensor) -> list[int]:
+        tumour = label.reshape(-1, label.shape[-1]).any(0)
+        brain = (image != 0).reshape(-1, image.shape[-1]).any(0)
+        with_tumour = torch.nonzero(tumour).flatten().tolist()
+        without = torch.nonzero(brain & ~tumour).flatten().tolist()
+        n_tumour = min(len(with_tumour), (self.num_slices + 1) // 2)
+        n_other = min(len(without), self.num_slices - n_tumour)
+        return sorted(_evenly(with_tumour, n_tumour) + _evenly(without, n_other))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
+        d = dict(data)
+        first = next(iter(self.key_iterator(d)))
+        indices = self._slice_indices(d[first], d[self.label_key])
+        out = []
+        for z in indices:
+            item = dict(d)
+            for key in self.key_iterator(d):
+                item[key] = d[key][..., z]
+            item["slice_index"] = z
+            out.append(item)
+        return out
+
+
+def _evenly(values: list[int], n: int) -> list[int]:
+    if n <= 0:
+        return []
+    picks = np.linspace(0, len(values) - 1, n + 2)[1:-1] if n < len(values) else range(len(values))
+    return [values[int(round(i))] for i in picks]
+
+
+def with_meta_of(data: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``data`` with the metadata and transform stack of ``like`` (when that is a MetaTensor)."""
+    if isinstance(like, MetaTensor):
+        return MetaTensor(data, meta=like.meta, applied_operations=like.applied_operations)
+    return data
+
+
+def source_name(tensor: torch.Tensor) -> str:
+    meta = getattr(tensor, "meta", {}) or {}
+    return str(meta.get("filename_or_obj", "image"))
