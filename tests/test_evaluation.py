@@ -185,7 +185,8 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "evaluate.py"),
+            "-m",
+            "scripts.evaluate",
             "--predictions",
             str(predictions),
             "--dataset_dir",
@@ -197,6 +198,7 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
             "--method",
             "test",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts.make_demo_data import make_demo_data
+from bundle.data.synthetic import make_demo_data
 from tests.bundle_cli import assert_ok, infer, tiny_weights
 
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")

@@ -73,7 +73,7 @@ def test_every_corruption_gets_one_line_naming_case_and_file(corrupted):
 
 def test_robustness_table_is_up_to_date(tmp_path):
     assert (REPO / "docs" / "robustness.md").read_text() == table(tmp_path), (
-        "docs/robustness.md is stale: python scripts/robustness_table.py"
+        "docs/robustness.md is stale: python -m scripts.robustness_table"
     )
 
 
@@ -121,7 +121,15 @@ def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     datalist = tmp_path / "datalist.json"
     assert_ok(
         subprocess.run(
-            [sys.executable, "scripts/datalist.py", "--dataset_dir", dataset, "--output", datalist],
+            [
+                sys.executable,
+                "-m",
+                "scripts.datalist",
+                "--dataset_dir",
+                dataset,
+                "--output",
+                datalist,
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,

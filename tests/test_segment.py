@@ -53,7 +53,8 @@ def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):
     missing = tmp_path / "no_flair.nii.gz"
     args[-1] = f"--flair={missing}"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "segment.py"), *args, f"--output_dir={tmp_path}"],
+        [sys.executable, "-m", "scripts.segment", *args, f"--output_dir={tmp_path}"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

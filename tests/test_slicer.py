@@ -10,8 +10,8 @@ import nrrd
 import numpy as np
 import slicerio
 
+from bundle.data.synthetic import make_demo_data
 from bundle.io.slicer import write_seg_nrrd
-from scripts.make_demo_data import make_demo_data
 from tests.bundle_cli import assert_ok
 from tests.test_inference import infer, reorient_case, tiny_weights
 

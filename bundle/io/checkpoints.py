@@ -160,6 +160,13 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network's state dict in a checkpoint file: a bare state dict (the shipped weights), or
+    the ``model`` entry of what training writes (``model.pt``, ``last.pt``)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint if _is_state_dict(checkpoint) else checkpoint["model"]
+
+
 def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3) -> list[str]:
     """Raise DatasetError, one line naming the file and what is wrong, unless the checkpoint
     reads, holds for every network of ``load_dict`` parameters of the same names and shapes
