@@ -13,6 +13,8 @@ from scipy import ndimage
 from bundle.data.synthetic import make_demo_data
 from tests.bundle_cli import assert_ok, infer, tiny_weights
 
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
+
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
 
 

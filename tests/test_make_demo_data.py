@@ -63,6 +63,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in LAYOUTS}
 
 
+@pytest.mark.slow
 def test_command_line_writes_cases_find_cases_reads(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = subprocess.run(
@@ -269,6 +270,7 @@ def test_some_cases_have_no_tumour() -> None:
     assert 1 <= sum(empty) <= 10
 
 
+@pytest.mark.slow
 def test_full_size_case(tmp_path: Path) -> None:
     started = time.perf_counter()
     make_demo_data(tmp_path, num_cases=1, seed=0)

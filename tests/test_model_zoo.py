@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
@@ -45,6 +46,7 @@ def test_verify_net_in_out_with_timesteps():
     )
 
 
+@pytest.mark.slow
 def test_torchscript_export_matches_the_eager_network(tmp_path):
     path = tmp_path / "model.ts"
     result = subprocess.run(

@@ -9,11 +9,14 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from scripts.segment import segment
 from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
 from tests.test_inference import tiny_weights
+
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
