@@ -33,6 +33,7 @@ CASE_NAMES: dict[str, str] = {
     "brats2023": "BraTS-GLI-{:05d}-000",
     "msd": "BRATS_{:03d}",
 }
+"""Case ids as each release names them; a layout without an entry gets ``case_{:03d}``."""
 
 # Tissue classes of the synthetic anatomy; only the tumour ones reach the region map.
 BACKGROUND, CSF, GREY, WHITE, DEEP_GREY, VESSEL, WMH, OEDEMA, NECROSIS, ENHANCING = range(10)
@@ -511,7 +512,7 @@ def make_demo_data(
     written = []
     for index in range(start_index, start_index + num_cases):
         tic = time.perf_counter()
-        case_id = CASE_NAMES[layout.name].format(index)
+        case_id = CASE_NAMES.get(layout.name, "case_{:03d}").format(index)
         images, regions = synthesize_case(np.random.default_rng([seed, index]), shape)
         written.append(write_case(output_dir, case_id, images, regions, layout, with_labels))
         tumour_ml = np.count_nonzero(regions) / 1000  # 1 mm voxels
