@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bundle.workflow.configs import load_config
 from tests.bundle_cli import (
     assert_ok,
     assert_one_line_error,
@@ -17,8 +18,6 @@ from tests.bundle_cli import (
     tiny_weights,
     train_overrides,
 )
-
-pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
 NO_SETTINGS = "stores no settings: they cannot be checked"
 
@@ -81,6 +80,7 @@ def quick(**extra: object) -> dict[str, object]:
     return {"num_samples": 1, "sampling_steps": 1, "quicklook": False, **extra}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", list(OTHER_SETTINGS))
 def test_inference_with_other_settings_stops_with_one_line_naming_it(
     setting, case, weights, tmp_path
@@ -95,6 +95,7 @@ def test_inference_with_other_settings_stops_with_one_line_naming_it(
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_same_settings_load_quietly_and_bare_weights_load_with_a_warning(case, weights, tmp_path):
     result = infer(case, tmp_path / "with", weights, **quick())
     assert_ok(result)
@@ -106,6 +107,7 @@ def test_same_settings_load_quietly_and_bare_weights_load_with_a_warning(case, w
     assert (tmp_path / "bare" / f"{case.name}_seg.nii.gz").is_file()
 
 
+@pytest.mark.slow
 def test_resuming_training_with_other_settings_stops_with_one_line(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     overrides = train_overrides(small_datasets["brats2020"], ckpt, epochs=1, val_interval=100)
@@ -122,3 +124,14 @@ def test_resuming_training_with_other_settings_stops_with_one_line(small_dataset
     assert "resumed from" not in result.stdout + result.stderr
     resumed = torch.load(ckpt / "last.pt", weights_only=False)
     assert resumed["trainer"]["iteration"] == saved["trainer"]["iteration"]  # nothing trained
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
+@pytest.mark.parametrize("learn_sigma", ["false", "true"])
+def test_learn_sigma_is_read_as_the_command_line_gives_it(config, learn_sigma):
+    """``--learn_sigma false`` arrives as the string "false": the variance is not learned."""
+    parser = load_config(config, {"learn_sigma": learn_sigma})
+    learned = learn_sigma == "true"
+    scheduler = parser.get_parsed_content("noise_scheduler")
+    assert scheduler.variance_type == ("learned_range" if learned else "fixed_small")
+    assert parser.get_parsed_content("network_def#out_channels") == (2 if learned else 1)
