@@ -1,9 +1,12 @@
 """The diffusion training step: the tumour mask is x0, the MR image is the condition.
 
-With a learned variance (the scheduler's ``variance_type: learned_range``, the paper's code's
-``learn_sigma=True``) the network has two outputs per mask channel, the prediction and the
-variance interpolation v, trained with the hybrid loss of Nichol & Dhariwal (2021):
-MSE on the prediction plus the variational bound for the variance.
+:class:`MaskDiffusionPrepareBatch` draws the noise and timesteps and the target,
+:class:`MaskDiffusionInferer` runs the network on the noised mask next to the image, and
+:func:`diffusion_loss` compares its output with the target. With a learned variance (the
+scheduler's ``variance_type: learned_range``, the paper's code's ``learn_sigma=True``) the
+network has two outputs per mask channel, the prediction and the variance interpolation v,
+trained with the hybrid loss of Nichol & Dhariwal (2021): MSE on the prediction plus the
+variational bound for the variance.
 """
 
 from __future__ import annotations
