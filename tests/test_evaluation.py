@@ -215,6 +215,7 @@ def test_qu_brats_counts_filtered_negatives_on_the_brain_only():
     assert score["qu_ftn_auc"] == pytest.approx(5 / 9 * (1 - 1 / 80))
 
 
+@pytest.mark.slow
 def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     cases = find_cases(small_datasets["brats2020"])
     predictions = tmp_path / "pred"
@@ -227,7 +228,8 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "evaluate.py"),
+            "-m",
+            "scripts.evaluate",
             "--predictions",
             str(predictions),
             "--dataset_dir",
@@ -239,6 +241,7 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
             "--method",
             "test",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
@@ -292,6 +295,7 @@ def test_one_table_for_several_methods(small_datasets, tmp_path):
         evaluate([str(tmp_path / "right")], str(small_datasets["brats2020"]), method=["A", "B"])
 
 
+@pytest.mark.slow
 def test_evaluating_config_scores_each_region(small_datasets, tmp_path):
     dataset = small_datasets["brats2023"]  # labels 1 necrosis, 2 edema, 3 enhancing
     predictions = tmp_path / "pred"

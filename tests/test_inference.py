@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bundle.data.synthetic import make_demo_data
 from bundle.evaluation.metrics import expected_dice_gap, overlap
-from scripts.make_demo_data import make_demo_data
 from tests.bundle_cli import assert_ok, infer, tiny_weights
+
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
 
