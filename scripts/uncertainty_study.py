@@ -30,7 +30,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
 from bundle.data.datalist import build_datalist  # noqa: E402
@@ -43,9 +42,10 @@ from bundle.evaluation.metrics import (  # noqa: E402
     spearman,
     uncertainty_metrics,
 )
+from bundle.io.checkpoints import network_weights  # noqa: E402
+from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.workflow.options import run_cli  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 ENSEMBLE = 5
 """The ensemble size the defaults are chosen for (the shipped inference's)."""
 COLUMNS = (
@@ -59,22 +59,13 @@ COLUMNS = (
 )
 
 
-def _parser(config: str, **overrides: object) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / config))
-    parser["bundle_root"] = str(REPO)
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
-
-
 def held_out_slices(
     dataset_dir: str, split_file: str | None, sides: Sequence[str], slice_stride: int
 ) -> list[dict]:
     """Every ``slice_stride``-th brain slice of each case of ``sides``, in the network's grid,
     through the training config's own loading transforms: image (S, 4, H, W), label (S, C, H,
     W), brain (S, H, W) and the indices of the slices with tumour."""
-    parser = _parser("train.yaml", dataset_dir=dataset_dir, split_file=split_file)
+    parser = load_config("train.yaml", {"dataset_dir": dataset_dir, "split_file": split_file})
     datalist = build_datalist(dataset_dir, validate=False, split_file=split_file)
     loader = Compose(parser.get_parsed_content("load_transforms"))
     cases = []
@@ -99,15 +90,16 @@ def held_out_slices(
 def load_model(ckpt_path: str) -> tuple[torch.nn.Module, object]:
     """The network and noise scheduler the checkpoint was trained with, from inference.yaml and
     the settings stored in the checkpoint (prediction type, variance type)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    scheduler_settings = checkpoint["settings"]["scheduler"]
-    parser = _parser(
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)["settings"]["scheduler"]
+    parser = load_config(
         "inference.yaml",
-        prediction_type=scheduler_settings["prediction_type"],
-        learn_sigma=scheduler_settings["variance_type"] == "learned_range",
+        {
+            "prediction_type": stored["prediction_type"],
+            "learn_sigma": stored["variance_type"] == "learned_range",
+        },
     )
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(checkpoint["model"])
+    network.load_state_dict(network_weights(ckpt_path))
     return network.eval(), parser.get_parsed_content("noise_scheduler")
 
 
@@ -274,7 +266,7 @@ def study(
     dataset_dir: str,
     models: dict[str, str],
     output: str = "docs/uncertainty",
-    split_file: str | None = str(REPO / "configs" / "brats18_split.json"),
+    split_file: str | None = str(BUNDLE_ROOT / "configs" / "brats18_split.json"),
     sides: Sequence[str] = ("validation", "testing"),
     slice_stride: int = 4,
     steps: Sequence[int] = (1, 2, 5, 10, 25),
