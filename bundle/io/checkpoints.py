@@ -218,3 +218,13 @@ class CheckpointLoader(MonaiCheckpointLoader):
         missing = check_checkpoint(self.load_path, self.load_dict)
         self.load_dict = {k: v for k, v in self.load_dict.items() if k not in missing}
         super().attach(engine)
+
+
+def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a checkpoint's weights into ``network`` (in eval mode) for scripts that run it
+    outside a workflow: a bare state dict (the demo weights) or a training checkpoint
+    ``{"model": state_dict, "settings": ...}``, checked first by :func:`check_checkpoint`."""
+    check_checkpoint(path, {"model": network})
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint["model"] if "model" in checkpoint else checkpoint)
+    return network.eval()
