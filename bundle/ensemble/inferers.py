@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import torch
@@ -13,7 +12,8 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
-from bundle.diffusion.samplers import Sampler
+from bundle.diffusion.samplers import Sampler, predicted_x0
+from bundle.ensemble.precision import NetworkRunner
 from bundle.workflow.options import flag
 
 
@@ -152,12 +152,17 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         memory_budget_mb: memory allowed for network activations per forward pass.
         brain_threshold: slices with no ``|value| > brain_threshold`` are skipped.
         progress: show a tqdm bar over the sampler steps.
-        amp: autocast the network to bfloat16 (float16 without bf16 support); CUDA inputs only.
+        amp: run the network in bfloat16 where the device computes it: autocast on CUDA
+            (float16 without bf16 support), a bfloat16 copy on a CPU with AMX / AVX512-BF16
+            (``bundle.ensemble.precision``); float32 elsewhere.
         mask_channels: C when the network has no ``out_channels`` attribute.
         return_samples: append the individual samples to the output.
         spatial_multiple: the sampled box's height and width are multiples of it.
         cpu_batch_size: most images per network call on a CPU.
         nested: make the channels nested regions (see :class:`SliceEnsembleInferer`).
+        skip_threshold: kept slices whose first x0 estimate (at the noisiest timestep, every
+            sample) stays below this probability everywhere are not sampled further and get
+            mean and variance 0 (see :meth:`_tumour_slices`); 0 samples every kept slice.
     """
 
     def __init__(
@@ -174,6 +179,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         spatial_multiple: int = 8,
         cpu_batch_size: int = 8,
         nested: bool = False,
+        skip_threshold: float = 0.0,
     ) -> None:
         super().__init__(
             num_samples,
@@ -188,7 +194,8 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         )
         self.sampler = sampler
         self.progress = progress
-        self.amp = amp
+        self.amp = flag(amp)
+        self.skip_threshold = skip_threshold
 
     def _mask_channels(self, network_channels: int) -> int:
         """A network with a learned variance outputs it after its C predictions."""
@@ -212,29 +219,58 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             device=slices.device,
         )
         noise = noise[:, keep].reshape(self.num_samples * kept, mask_channels, height, width)
-        autocast = partial(_autocast, slices.device, self.amp)
+        runner = NetworkRunner(network, slices.device, self.amp)
 
         def forward(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
             t = torch.zeros(len(x), dtype=torch.long, device=x.device) if t is None else t
-            with autocast():
-                return network(x=x, timesteps=t)
+            return runner(x, t)
 
-        chunk = self._chunk(network, forward, torch.cat([noise[:1], image[:1]], dim=1))
+        example = torch.cat([noise[:1], image[:1]], dim=1)
+        chunk = self._chunk(runner.network, forward, example)
+        # the state is sample-major: row r belongs to kept slice r % kept
+        rows = torch.arange(self.num_samples * kept, device=slices.device)
+        tumour = torch.ones(kept, dtype=torch.bool, device=slices.device)
+        first: list[torch.Tensor] = []  # the first evaluation's output, a template for later ones
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            outputs = []
-            for start in range(0, x_t.shape[0], chunk):
-                stop = min(start + chunk, x_t.shape[0])
-                # the state is sample-major: row r belongs to kept slice r % kept
-                rows = torch.arange(start, stop, device=x_t.device) % kept
-                x = torch.cat([x_t[start:stop], image[rows]], dim=1)
-                outputs.append(forward(x, t[start:stop]).to(x_t.dtype))
-            return torch.cat(outputs)
+            nonlocal rows, tumour
+            outputs = [first[0].new_zeros(0, *first[0].shape[1:])] if first else []
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                x = torch.cat([x_t[part], image[part % kept]], dim=1)
+                outputs.append(forward(x, t[part]))
+            out = torch.cat(outputs)
+            if not first:  # the noisiest timestep: decide which slices are sampled further
+                first.append(out)
+                if self.skip_threshold > 0:
+                    tumour = self._tumour_slices(out[:, :mask_channels], x_t, t, kept)
+                    rows = rows[tumour.repeat(self.num_samples)]
+            elif len(rows) < len(x_t):  # skipped slices' rows: any finite value, zeroed below
+                out = torch.zeros_like(first[0]).index_copy_(0, rows, out)
+            return out
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)
         probs = ((x0 + 1) / 2).clamp(0, 1)
-        return probs.reshape(self.num_samples, kept, mask_channels, height, width)
+        probs = probs.reshape(self.num_samples, kept, mask_channels, height, width)
+        return probs * tumour.view(1, kept, 1, 1, 1)
+
+    def _tumour_slices(
+        self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kept: int
+    ) -> torch.Tensor:
+        """Kept slices where some sample's first x0 estimate reaches ``skip_threshold``.
+
+        At the noisiest timestep x_t is almost pure noise, so the network's x0 estimate there
+        is its expectation of the mask given the image alone; for masks of 0 and 1 that
+        expectation is also the ensemble mean the sampler converges to, and bounds the
+        variance (p (1 - p) <= p). A slice whose estimate stays below the threshold in every
+        pixel, sample and channel is expected to have mean and variance below it everywhere,
+        and is not sampled further. A noise-predicting network's x0 estimate at that step is
+        noise amplified by 1 / sqrt(alpha_bar) and clipped: it crosses any threshold, and
+        nothing is skipped."""
+        x0 = predicted_x0(self.sampler.scheduler, prediction, x_t, t)
+        peak = ((x0 + 1) / 2).flatten(1).amax(1).reshape(self.num_samples, kept).amax(0)
+        return peak >= self.skip_threshold
 
 
 def brain_box(brain: torch.Tensor, multiple: int = 1) -> tuple[slice, slice]:
@@ -282,14 +318,6 @@ def activation_bytes_per_image(
         for handle in handles:
             handle.remove()
     return max(total, x.numel() * x.element_size())
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 (else float16) autocast on CUDA when ``amp``; a no-op on CPU, where it is slow."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
