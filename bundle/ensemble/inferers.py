@@ -12,7 +12,7 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
-from bundle.diffusion.samplers import Sampler, predicted_x0
+from bundle.diffusion.samplers import Sampler
 from bundle.ensemble.precision import NetworkRunner
 from bundle.workflow.options import flag
 
@@ -127,10 +127,13 @@ class SliceEnsembleInferer(Inferer):
     ) -> int:
         """How many images go through the network at once: as many as the memory budget holds,
         and on a CPU at most ``cpu_batch_size``, since there an image costs more in a large
-        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256)."""
+        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256).
+        The last call's choice stays in :attr:`batching`, for reports."""
         per_image = activation_bytes_per_image(network, forward, example)
         chunk = max(1, int(self.memory_budget_mb * 2**20 // per_image))
-        return min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
+        chunk = min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
+        self.batching = {"activation_mb_per_image": per_image / 2**20, "images_per_call": chunk}
+        return chunk
 
 
 class ImplicitEnsembleInferer(SliceEnsembleInferer):
@@ -160,9 +163,6 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         spatial_multiple: the sampled box's height and width are multiples of it.
         cpu_batch_size: most images per network call on a CPU.
         nested: make the channels nested regions (see :class:`SliceEnsembleInferer`).
-        skip_threshold: kept slices whose first x0 estimate (at the noisiest timestep, every
-            sample) stays below this probability everywhere are not sampled further and get
-            mean and variance 0 (see :meth:`_tumour_slices`); 0 samples every kept slice.
     """
 
     def __init__(
@@ -179,7 +179,6 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         spatial_multiple: int = 8,
         cpu_batch_size: int = 8,
         nested: bool = False,
-        skip_threshold: float = 0.0,
     ) -> None:
         super().__init__(
             num_samples,
@@ -195,7 +194,6 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         self.sampler = sampler
         self.progress = progress
         self.amp = flag(amp)
-        self.skip_threshold = skip_threshold
 
     def _mask_channels(self, network_channels: int) -> int:
         """A network with a learned variance outputs it after its C predictions."""
@@ -225,52 +223,22 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             t = torch.zeros(len(x), dtype=torch.long, device=x.device) if t is None else t
             return runner(x, t)
 
-        example = torch.cat([noise[:1], image[:1]], dim=1)
-        chunk = self._chunk(runner.network, forward, example)
-        # the state is sample-major: row r belongs to kept slice r % kept
-        rows = torch.arange(self.num_samples * kept, device=slices.device)
-        tumour = torch.ones(kept, dtype=torch.bool, device=slices.device)
-        first: list[torch.Tensor] = []  # the first evaluation's output, a template for later ones
+        chunk = self._chunk(runner.network, forward, torch.cat([noise[:1], image[:1]], dim=1))
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            nonlocal rows, tumour
-            outputs = [first[0].new_zeros(0, *first[0].shape[1:])] if first else []
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
-                x = torch.cat([x_t[part], image[part % kept]], dim=1)
-                outputs.append(forward(x, t[part]))
-            out = torch.cat(outputs)
-            if not first:  # the noisiest timestep: decide which slices are sampled further
-                first.append(out)
-                if self.skip_threshold > 0:
-                    tumour = self._tumour_slices(out[:, :mask_channels], x_t, t, kept)
-                    rows = rows[tumour.repeat(self.num_samples)]
-            elif len(rows) < len(x_t):  # skipped slices' rows: any finite value, zeroed below
-                out = torch.zeros_like(first[0]).index_copy_(0, rows, out)
-            return out
+            outputs = []
+            for start in range(0, x_t.shape[0], chunk):
+                stop = min(start + chunk, x_t.shape[0])
+                # the state is sample-major: row r belongs to kept slice r % kept
+                rows = torch.arange(start, stop, device=x_t.device) % kept
+                x = torch.cat([x_t[start:stop], image[rows]], dim=1)
+                outputs.append(forward(x, t[start:stop]))
+            return torch.cat(outputs)
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)
         probs = ((x0 + 1) / 2).clamp(0, 1)
-        probs = probs.reshape(self.num_samples, kept, mask_channels, height, width)
-        return probs * tumour.view(1, kept, 1, 1, 1)
-
-    def _tumour_slices(
-        self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kept: int
-    ) -> torch.Tensor:
-        """Kept slices where some sample's first x0 estimate reaches ``skip_threshold``.
-
-        At the noisiest timestep x_t is almost pure noise, so the network's x0 estimate there
-        is its expectation of the mask given the image alone; for masks of 0 and 1 that
-        expectation is also the ensemble mean the sampler converges to, and bounds the
-        variance (p (1 - p) <= p). A slice whose estimate stays below the threshold in every
-        pixel, sample and channel is expected to have mean and variance below it everywhere,
-        and is not sampled further. A noise-predicting network's x0 estimate at that step is
-        noise amplified by 1 / sqrt(alpha_bar) and clipped: it crosses any threshold, and
-        nothing is skipped."""
-        x0 = predicted_x0(self.sampler.scheduler, prediction, x_t, t)
-        peak = ((x0 + 1) / 2).flatten(1).amax(1).reshape(self.num_samples, kept).amax(0)
-        return peak >= self.skip_threshold
+        return probs.reshape(self.num_samples, kept, mask_channels, height, width)
 
 
 def brain_box(brain: torch.Tensor, multiple: int = 1) -> tuple[slice, slice]:
