@@ -4,7 +4,7 @@
 
 The options: float32 as is, channels-last, bfloat16 autocast, the bfloat16 channels-last copy
 that ``bundle.ensemble.precision`` runs by default on CPUs with AMX / AVX512-BF16, batch sizes,
-1 or all threads, and where installed ONNX Runtime (float32) and OpenVINO (float32, bfloat16)
+1 thread or one per CPU, and where installed ONNX Runtime (float32) and OpenVINO (float32, bfloat16)
 on the traced network, and ``torch.compile`` (``--compile true``: minutes of compiling first).
 Each is timed ``repeats`` times, the options interleaved so that a shared machine's load falls
 on all alike; the median milliseconds per image are reported, with the largest difference of
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -115,8 +116,9 @@ def options(
         ("float32, channels-last", _eager(network, channels_last=True)),
         ("bfloat16 autocast, channels-last", _eager(network, True, autocast=True)),
         (f"default ({default.mode}: bundle.ensemble.precision)", default),
-        (f"default, 1 thread (of {torch.get_num_threads()})", _threads(default, 1)),
     ]
+    for threads in sorted({1, os.cpu_count() or 1}):
+        found.append((f"default, {threads} threads", _threads(default, threads)))
     if importlib.util.find_spec("onnxruntime"):
         found.append(("ONNX Runtime float32", _onnxruntime(network, example)))
     if importlib.util.find_spec("openvino"):
