@@ -12,6 +12,7 @@ from bundle.ensemble.inferers import ImplicitEnsembleInferer
 from bundle.ensemble.precision import NetworkRunner, cpu_computes_bf16, precision_mode
 from bundle.io.checkpoints import load_weights
 from scripts.benchmark import load_config
+from scripts.network_options import measure
 from tests.test_inferer import images, tiny_unet
 
 STEPS = 3
@@ -79,3 +80,12 @@ def test_load_weights_reads_both_checkpoint_formats(tmp_path, wrapped: bool) -> 
     load_weights(network.train(), path)
     assert not network.training
     torch.testing.assert_close(network.conv_in.conv.weight, state["conv_in.conv.weight"])
+
+
+def test_network_options_time_every_option_against_float32() -> None:
+    rows = measure(tiny_unet(), 16, 16, batch_size=2, batch_sizes=(4,), repeats=1)
+    names = [row["option"] for row in rows]
+    assert names[0] == "float32" and rows[0]["max_abs_difference"] == 0
+    assert any(name.startswith("default (") for name in names) and "default, batch 4" in names
+    assert all(row["ms_per_image"] > 0 for row in rows)
+    assert all(row["max_abs_difference"] < 0.1 for row in rows if row["batch"] == 2)
