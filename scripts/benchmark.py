@@ -147,12 +147,14 @@ def benchmark(
     network_options: bool = True,
     threads: int | None = None,
     output: str | None = None,
+    note: str | None = None,
     **overrides: object,
 ) -> dict:
     """Run (b) with its variants, (a) and (c) (CPU only) on one labelled case. ``configs`` are
     layered in order (``"['inference.yaml','paper.yaml']"``: the paper's network);
     ``ckpt_path`` None times untrained weights (its Dice means nothing); ``overrides`` are
-    config keys, applied to all."""
+    config keys, applied to all; ``note`` is printed under the title (how loaded the machine
+    was)."""
     if threads:
         torch.set_num_threads(threads)
     configs = list(configs)
@@ -216,6 +218,7 @@ def benchmark(
         "weights": ckpt_path or "untrained",
         "device": str(device),
         "grid": list(image.shape[1:]),
+        "box": list(_box_shape(image)),
         "num_samples": num_samples,
         "sampler": infer["sampler"],
         "sampling_steps": infer["sampling_steps"],
@@ -234,16 +237,15 @@ def benchmark(
         "peak_rss_mb_ours": ours_peak,
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
+        "note": note,
     }
-    report = markdown(result)
     if flag(network_options) and device.type == "cpu":
         # (c) in the brain box of this case, as the inferer samples it
-        rows = measure_options(network, *_box_shape(image))
-        result["network_options"] = rows
-        report += "\n\n" + options_markdown(rows, *_box_shape(image))
+        result["network_options"] = measure_options(network, *result["box"])
+    report = render(result)
     print(report)
     if output:
-        Path(output).write_text(report + "\n```json\n" + json.dumps(result, indent=2) + "\n```\n")
+        Path(output).write_text(report)
     return result
 
 
@@ -254,8 +256,29 @@ def _box_shape(image: torch.Tensor) -> tuple[int, int]:
     return rows.stop - rows.start, cols.stop - cols.start
 
 
+def render(r: dict) -> str:
+    """The whole report (docs/benchmark.md): title, what was measured, tables, the JSON."""
+    head = [
+        "# Speed: our inference against the reference sampling loop",
+        "",
+        "Measured in one run by `python scripts/benchmark.py` (its docstring says how).",
+        "(a) the reference code's procedure: ancestral DDPM, 1000 steps, batch 1, one sample of "
+        "one whole slice at a time, float32, timed on tumour slices and extrapolated to every "
+        "slice and sample. (b) `configs/inference.yaml` as shipped, whole volume, from the files "
+        "to the maps in the input's grid, and its float32 variant, in interleaved rounds with "
+        "(a). (c) one network forward pass per way of running it on the CPU.",
+    ]
+    if r.get("note"):
+        head += ["", f"**{r['note']}**"]
+    parts = ["\n".join(head), markdown(r)]
+    if r.get("network_options"):
+        parts.append(options_markdown(r["network_options"], *r["box"]))
+    parts.append("```json\n" + json.dumps(r, indent=2) + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
 def markdown(r: dict) -> str:
-    """The benchmark as tables."""
+    """The benchmark's (a) and (b) as tables."""
     ref, ours, batching = r["reference"], r["variants"]["default"], r["batching"]
     lines = [
         f"Case {r['case']}, configs {r['configs']}, weights {r['weights']}, network grid "
