@@ -4,9 +4,10 @@ Sampling thresholds the mean of N masks in [0, 1] at 0.5 and reports their varia
 network's output needs about two correct decimals, which bfloat16 (8 bits of mantissa) gives;
 the sampler's state and coefficients stay float32. Measured side by side (docs/performance.md):
 on a CPU with AMX / AVX512-BF16 a bfloat16, channels-last copy of the demo network takes a
-third to a half of the float32 time per image, more than autocast gains (which converts back to
-float32 around every GroupNorm); on a CPU without them oneDNN emulates bfloat16, slower than
-float32, so it stays float32 there. On CUDA autocast to bfloat16 (float16 without it) as before.
+third to a half of the float32 time per image, more than autocast gains (which casts the weights
+at every call and mixes float32 and bfloat16 activations). A CPU without those instructions has
+no fast bfloat16 to use, so the network stays float32 there. On CUDA: autocast to bfloat16
+(float16 without it), as before.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def cpu_computes_bf16() -> bool:
 
 
 def precision_mode(device: torch.device, amp: bool) -> str:
-    """ "autocast" (CUDA with ``amp``), "bf16" (a CPU that computes it, with ``amp``) or "fp32"."""
+    """The mode for ``device``: autocast (CUDA with ``amp``), bf16 (a CPU that computes it, with
+    ``amp``) or fp32."""
     if amp and device.type == "cuda":
         return "autocast"
     if amp and device.type == "cpu" and cpu_computes_bf16():
