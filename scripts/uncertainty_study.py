@@ -42,7 +42,7 @@ from bundle.evaluation.metrics import (  # noqa: E402
     spearman,
     uncertainty_metrics,
 )
-from bundle.io.checkpoints import network_weights  # noqa: E402
+from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.workflow.options import run_cli  # noqa: E402
 
@@ -99,7 +99,7 @@ def load_model(ckpt_path: str) -> tuple[torch.nn.Module, object]:
         },
     )
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(network_weights(ckpt_path))
+    load_weights(network, ckpt_path)
     return network.eval(), parser.get_parsed_content("noise_scheduler")
 
 
