@@ -84,10 +84,16 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     np.testing.assert_array_equal(seg, (mean > 0.5).astype(np.uint8))
     # the summary line scores the written segmentation against the case's label, voxel for
     # voxel in the input's (permuted, oblique) grid, and gives the case's uncertainty score
-    found = re.search(r"uncertainty ([\d.]+), whole-tumour Dice ([\d.]+) against its label", log)
+    # and flags it for review when the score is above review_threshold (0.3 by default)
+    found = re.search(
+        r"uncertainty ([\d.]+)( \(above 0.3: flagged for review\))?, "
+        r"whole-tumour Dice ([\d.]+) against its label",
+        log,
+    )
     assert found, log[-2000:]
+    assert (found.group(2) is not None) == (float(found.group(1)) > 0.3)
     label = np.asanyarray(nib.load(str(odd_case / f"{case}_seg.nii.gz")).dataobj)
-    assert float(found.group(2)) == pytest.approx(overlap(seg > 0, label > 0)[0], abs=1e-3)
+    assert float(found.group(3)) == pytest.approx(overlap(seg > 0, label > 0)[0], abs=1e-3)
     assert float(found.group(1)) == pytest.approx(expected_dice_gap(mean), abs=1e-3)
     assert 0 < seg.sum() < seg.size  # the random network does draw masks, not all or nothing
     # where the samples agree the variance is 0, where they disagree it is not. The maps are
@@ -176,3 +182,14 @@ def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp
     np.testing.assert_array_equal(seg, expected)
     assert set(np.unique(seg)) > {0}
     assert (out / f"{case.name}_quicklook.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_cases_above_the_review_threshold_are_flagged(odd_case, tmp_path, threshold):
+    weights = tiny_weights(tmp_path / "model.pt")
+    result = infer(odd_case, tmp_path / "out", weights, num_samples=2, review_threshold=threshold)
+    assert_ok(result)
+    log = result.stdout + result.stderr
+    flagged = f"(above {threshold:g}: flagged for review)"
+    # every score is above 0 (the samples of the random network disagree) and at most 1
+    assert (flagged in log) == (threshold == 0.0), log[-2000:]

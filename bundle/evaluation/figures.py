@@ -40,9 +40,13 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def ensemble(
-    cases_csv: str, output: str = "docs/dice_vs_ensemble.png", metric: str = "dice"
+    cases_csv: str,
+    output: str = "docs/dice_vs_ensemble.png",
+    metric: str = "dice",
+    data: str = "held-out cases",
 ) -> Path:
-    """Mean over cases of ``metric`` against ensemble size, per method and region."""
+    """Mean over cases of ``metric`` against ensemble size, per method and region; ``data``
+    names the cases in the title."""
     rows = list(csv.DictReader(open(cases_csv)))
     fig, ax = plt.subplots(figsize=(6, 4))
     curves = dict.fromkeys((r["method"], r["region"]) for r in rows)
@@ -60,7 +64,7 @@ def ensemble(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("ensemble size (samples)")
     ax.set_ylabel(f"mean {metric} over cases")
-    ax.set_title(f"{metric} against ensemble size ({SYNTHETIC})")
+    ax.set_title(f"{metric} against ensemble size ({data})")
     ax.legend(fontsize=8)
     return _save(fig, output)
 
@@ -111,12 +115,15 @@ def reliability(
     fold: int = 0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    split_file: str | None = None,
+    data: str = "held-out cases",
 ) -> Path:
     """Fraction of tumour voxels against the mean map's probability, per bin, pooled over the
-    brain voxels of every labelled case of ``split``; one curve per folder and region."""
+    brain voxels of every labelled case of ``split``; one curve per folder and region; ``data``
+    names the cases in the titles."""
     folders = [predictions] if isinstance(predictions, str) else list(predictions)
     methods = [method] if isinstance(method, str) else list(method)
-    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
+    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed, split_file)
     fig, (curve, counts) = plt.subplots(1, 2, figsize=(10, 4))
     centres = (np.arange(bins) + 0.5) / bins
     for folder, name in zip(folders, methods, strict=True):
@@ -139,10 +146,10 @@ def reliability(
     curve.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     curve.set_xlabel("mean probability in bin")
     curve.set_ylabel("fraction of tumour voxels")
-    curve.set_title(f"reliability of the mean map ({SYNTHETIC})")
+    curve.set_title(f"reliability of the mean map ({data})")
     curve.legend(fontsize=7)
     counts.set_yscale("log")
     counts.set_xlabel("probability bin")
     counts.set_ylabel("brain voxels")
-    counts.set_title(f"voxels per bin, {len(cases)} cases ({SYNTHETIC})")
+    counts.set_title(f"voxels per bin, {len(cases)} cases ({data})")
     return _save(fig, output)

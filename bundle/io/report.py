@@ -32,10 +32,11 @@ def _canonical(path: Path, channel: int | None = None) -> np.ndarray:
 
 
 def write_quicklook(
-    case: dict, output_dir: str | Path, regions: str | Sequence[str] = "wt"
+    case: dict, output_dir: str | Path, regions: str | Sequence[str] = "wt", note: str = ""
 ) -> Path:
     """FLAIR with the segmentation outline, the whole tumour's mean and variance, on the axial
-    slice (RAS) with the most tumour, read back from the written files (maps of ``regions``)."""
+    slice (RAS) with the most tumour, read back from the written files (maps of ``regions``);
+    ``note`` follows the case id in the title (the uncertainty score and any review flag)."""
     case_id = case["case_id"]
     png = Path(output_dir) / f"{case_id}_quicklook.png"
     images = case["image"]
@@ -69,7 +70,7 @@ def write_quicklook(
     fig.colorbar(shown, ax=axes[2], fraction=0.046)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(case_id)
+    fig.suptitle(f"{case_id}{note}")
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
@@ -102,13 +103,15 @@ def whole_tumour_dice(seg: np.ndarray, case: dict) -> float | None:
 
 class CaseSummary:
     """Evaluator handler: one line per case (whole-tumour volume, its mean variance, the case's
-    uncertainty score, its whole-tumour Dice when it has a label, seconds) and its quick-look PNG.
+    uncertainty score and whether it exceeds the review threshold, its whole-tumour Dice when it
+    has a label, seconds) and its quick-look PNG, whose title carries the score and the flag.
 
     Args:
         output_dir: the inference run's output folder (the quick-looks go there too).
         datalist: the cases of the run, by ``case_id``.
         regions: the mask channels of the run's maps (``region_names``).
         quicklook: write the PNG.
+        review_threshold: a case whose uncertainty score exceeds it is flagged for review.
     """
 
     def __init__(
@@ -117,11 +120,13 @@ class CaseSummary:
         datalist: list[dict],
         regions: str | Sequence[str] = "wt",
         quicklook: bool = True,
+        review_threshold: float = 0.3,
     ) -> None:
         self.output_dir = output_dir
         self.cases = {case["case_id"]: case for case in datalist}
         self.regions = regions
         self.quicklook = flag(quicklook)
+        self.review_threshold = float(review_threshold)
         self._start = 0.0
 
     def attach(self, engine: Engine) -> None:
@@ -145,12 +150,15 @@ class CaseSummary:
                 item["variance"][wt : wt + 1].cpu().numpy(),
                 voxel_ml,
             )
+            score = f"uncertainty {stats['uncertainty']:.3f}"
+            if stats["uncertainty"] > self.review_threshold:
+                score += f" (above {self.review_threshold:g}: flagged for review)"
             if self.quicklook:
-                write_quicklook(self.cases[case_id], self.output_dir, self.regions)
+                write_quicklook(self.cases[case_id], self.output_dir, self.regions, f", {score}")
             dice = whole_tumour_dice(segmentation, self.cases[case_id])
             scored = "" if dice is None else f", whole-tumour Dice {dice:.3f} against its label"
             logger.info(
                 f"{case_id}: tumour {stats['tumour_ml']:.1f} ml, mean variance in tumour "
-                f"{stats['variance_in_tumour']:.4f}, uncertainty {stats['uncertainty']:.3f}"
+                f"{stats['variance_in_tumour']:.4f}, {score}"
                 f"{scored}, {time.perf_counter() - self._start:.1f} s"
             )
