@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from bundle.data.layouts import find_cases  # noqa: E402
 from bundle.diffusion.samplers import DDPMSampler  # noqa: E402
 from bundle.evaluation.metrics import overlap  # noqa: E402
+from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.options import run_cli  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def benchmark(
     infer = load_config("inference.yaml", settings)
     case = find_cases(case_dir)[0]
     network = infer.get_parsed_content("network")
-    network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
+    network.load_state_dict(load_weights(ckpt_path))
     network.eval()
     scheduler = infer.get_parsed_content("noise_scheduler")
 

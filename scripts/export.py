@@ -23,6 +23,7 @@ from monai.data import save_net_with_metadata
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.options import run_cli  # noqa: E402
 
 CONFIG = REPO / "configs" / "inference.yaml"
@@ -40,8 +41,7 @@ def export(
     for key, value in overrides.items():
         parser[key] = value
     network = parser.get_parsed_content("network_def")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state))  # a plain state dict or {"model": ...}
+    network.load_state_dict(load_weights(ckpt_path))
     network.eval()
     size = 2 ** len(parser["network_def"]["channels"])  # divisible through every downsampling
     example = (

@@ -28,6 +28,7 @@ from bundle.data.layouts import find_cases  # noqa: E402
 from bundle.diffusion.samplers import make_sampler  # noqa: E402
 from bundle.ensemble.inferers import ImplicitEnsembleInferer  # noqa: E402
 from bundle.evaluation.metrics import overlap, uncertainty_metrics  # noqa: E402
+from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.options import run_cli  # noqa: E402
 from scripts.benchmark import load_config, tumour_slice_indices  # noqa: E402
 from scripts.figures import plot_steps  # noqa: E402
@@ -62,7 +63,7 @@ def sweep(
     """Run both parts and return (and write) the markdown report."""
     infer = load_config("inference.yaml")
     network = infer.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
+    network.load_state_dict(load_weights(ckpt_path))
     scheduler = infer.get_parsed_content("noise_scheduler")
     loader = Compose(load_config("train.yaml").get_parsed_content("load_transforms"))
     cases = [find_cases(d)[0] for d in case_dirs]

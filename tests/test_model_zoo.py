@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser, verify_net_in_out
 
 from bundle.data.layouts import DEFAULT_LAYOUT
 from bundle.data.regions import labelmap_classes
+from bundle.io.checkpoints import load_weights
 from tests.conftest import REPO
 
 CONFIG = REPO / "configs" / "inference.yaml"
@@ -57,7 +58,7 @@ def test_torchscript_export_matches_the_eager_network(tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(REPO / "models" / "model.pt", weights_only=True))
+    network.load_state_dict(load_weights(REPO / "models" / "model.pt"))
     network.eval()
     scripted = torch.jit.load(str(path))
     # another batch size, height and width than the trace's, and several timesteps

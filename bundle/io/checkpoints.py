@@ -160,6 +160,19 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights of a checkpoint file, for scripts that load them into a network
+    themselves: training writes ``{"model": state_dict, "settings": ...}``, older files and
+    other tools hold the bare state dict; both are read. (The workflows load checkpoints with
+    :class:`CheckpointLoader`, which also checks the settings.)"""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if _is_state_dict(checkpoint):
+        return checkpoint
+    if isinstance(checkpoint, dict) and _is_state_dict(checkpoint.get("model")):
+        return checkpoint["model"]
+    raise DatasetError(f"checkpoint {path} holds neither a state dict nor a 'model' state dict")
+
+
 def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3) -> list[str]:
     """Raise DatasetError, one line naming the file and what is wrong, unless the checkpoint
     reads, holds for every network of ``load_dict`` parameters of the same names and shapes
