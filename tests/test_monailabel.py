@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import shutil
 import sys
 import types
@@ -16,13 +17,21 @@ import pytest
 import torch
 import yaml
 
+from bundle.io.checkpoints import load_weights
 from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
 from tests.test_inference import tiny_weights
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # the metadata's channel_def, the 4-D image's order
 SMALL = {"image_size": 64, "prediction_type": "epsilon", "num_samples": 2, "sampling_steps": 2}
-SMALL_TRAINING = {"image_size": 64, "slices_per_volume": 2, "batch_size": 2}
+SMALL_TRAINING = {
+    "image_size": 64,
+    "slices_per_volume": 2,
+    "batch_size": 2,
+    "val_slices_per_volume": 2,
+    "val_num_samples": 2,
+    "val_sampling_steps": 2,
+}
 
 
 def _stand_in_torchvision() -> dict[str, types.ModuleType]:
@@ -64,11 +73,9 @@ def _set(config: Path, values: dict[str, object]) -> None:
     config.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def app_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle folder as a MONAI Label app holds it, with the tiny test network: MONAI Label
-    reads the configs as they are, so the test sizes are written into copies of them."""
-    root = tmp_path_factory.mktemp("monaibundle") / "brats_diffusion"
+def make_app_bundle(root: Path) -> Path:
+    """The bundle folder as a MONAI Label app holds it (``root``), with the tiny test network:
+    MONAI Label reads the configs as they are, so the test sizes are written into copies."""
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(REPO / "bundle", root / "bundle", ignore=shutil.ignore_patterns("__pycache__"))
     tiny = {key: ast.literal_eval(value) for key, value in TINY_DIFFUSION_NET.items()}
@@ -77,6 +84,11 @@ def app_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "models").mkdir()
     tiny_weights(root / "models" / "model.pt")
     return root
+
+
+@pytest.fixture(scope="module")
+def app_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_app_bundle(tmp_path_factory.mktemp("monaibundle") / "brats_diffusion")
 
 
 def stack_case(case_dir: Path, image: Path, label: Path | None = None) -> None:
@@ -135,7 +147,12 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     assert not (app_bundle / "outputs").exists()  # the bundle's own file writing stays off
 
 
-def test_train_task_runs_an_epoch_on_4d_cases(monailabel, app_bundle, small_datasets, tmp_path):
+def test_each_train_request_trains_the_current_model_and_reports(
+    monailabel, app_bundle, small_datasets, tmp_path
+):
+    """Two identical requests of one epoch (fewer than val_interval): each trains a fresh run
+    of the requested epochs from the current model.pt, validates, replaces model.pt and writes
+    its report; the second is no no-op resume of the first's last.pt."""
     from monailabel.datastore.local import LocalDatastore
     from monailabel.tasks.train.bundle import BundleTrainTask
 
@@ -144,14 +161,22 @@ def test_train_task_runs_an_epoch_on_4d_cases(monailabel, app_bundle, small_data
         name = f"{case.name}.nii.gz"
         stack_case(case, store / name, store / "labels" / "final" / name)
     models = app_bundle / "models"
-    start = torch.load(models / "model.pt", weights_only=True)
     task = BundleTrainTask(str(app_bundle), {})
     assert task.is_valid()
     request = {"model": "brats_diffusion", "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
-    task(request, LocalDatastore(str(store), extensions=("*.nii.gz",)))
-    state = torch.load(models / "last.pt", weights_only=True)
-    trainer = state["trainer"]  # ignite keeps the iteration: one epoch is epoch_length of them
-    assert trainer["max_epochs"] == 1 and trainer["iteration"] == trainer["epoch_length"] > 0
-    # it started from the shipped weights (MONAI Label's CheckpointLoader) and changed them
-    assert state["model"].keys() == start.keys()
-    assert any(not torch.equal(state["model"][k], start[k]) for k in start)
+    current = load_weights(models / "model.pt")
+    for _ in range(2):
+        task(dict(request), LocalDatastore(str(store), extensions=("*.nii.gz",)))
+        trainer = torch.load(models / "last.pt", weights_only=True)["trainer"]
+        assert trainer["iteration"] == trainer["epoch_length"] > 0  # one epoch, from epoch 0
+        stats = json.loads((models / "train_stats.json").read_text())
+        assert stats["epoch"] == stats["epochs_run"] == 1
+        assert stats["iterations_run"] == trainer["epoch_length"]
+        assert stats["eval"]["key_metric_name"] == "val_mean_dice"
+        assert stats["model_updated"] and stats["best_metric"] is not None
+        trained = load_weights(models / "model.pt")
+        assert trained.keys() == current.keys()
+        changes = [float((trained[k] - current[k]).abs().max()) for k in current]
+        # trained on from model.pt (MONAI Label's CheckpointLoader), not from a new network
+        assert 0 < max(changes) < 0.05, max(changes)
+        current = trained
