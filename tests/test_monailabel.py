@@ -11,6 +11,7 @@ import sys
 import types
 from pathlib import Path
 
+import monai.bundle
 import nibabel as nib
 import numpy as np
 import pytest
@@ -18,11 +19,11 @@ import torch
 import yaml
 
 from bundle.io.checkpoints import load_weights
+from scripts.stack_modalities import stack_modalities
 from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
 from tests.test_inference import tiny_weights
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")  # the metadata's channel_def, the 4-D image's order
 SMALL = {"image_size": 64, "prediction_type": "epsilon", "num_samples": 2, "sampling_steps": 2}
 SMALL_TRAINING = {
     "image_size": 64,
@@ -91,20 +92,6 @@ def app_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_app_bundle(tmp_path_factory.mktemp("monaibundle") / "brats_diffusion")
 
 
-def stack_case(case_dir: Path, image: Path, label: Path | None = None) -> None:
-    """One BraTS 2020 case folder as a 4-D image (t1, t1ce, t2, flair) and its label file."""
-    first = nib.load(str(case_dir / f"{case_dir.name}_t1.nii.gz"))
-    volumes = [
-        np.asanyarray(nib.load(str(case_dir / f"{case_dir.name}_{m}.nii.gz")).dataobj)
-        for m in MODALITIES
-    ]
-    image.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.stack(volumes, axis=-1), first.affine), str(image))
-    if label is not None:
-        label.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(case_dir / f"{case_dir.name}_seg.nii.gz", label)
-
-
 def _cases(dataset: Path) -> list[Path]:
     return sorted(p for p in dataset.iterdir() if p.is_dir())
 
@@ -116,8 +103,7 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     from monailabel.tasks.infer.bundle import BundleInferTask
 
     case = _cases(small_datasets["brats2020"])[0]
-    image = tmp_path / f"{case.name}.nii.gz"
-    stack_case(case, image)
+    [image] = stack_modalities(str(case), str(tmp_path))  # MONAI Label's 4-D input
     task = BundleInferTask(str(app_bundle), {})
     assert task.is_valid()
     assert task.labels == {"whole tumour": 1}  # from the metadata's pred channel_def
@@ -147,6 +133,35 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     assert not (app_bundle / "outputs").exists()  # the bundle's own file writing stays off
 
 
+def test_infer_task_on_the_stacked_file_equals_inference_on_the_separate_files(
+    monailabel, small_datasets, tmp_path
+):
+    """scripts/stack_modalities.py's 4-D file through MONAI Label's BundleInferTask gives the
+    segmentation `monai.bundle run inference` writes from the four separate files."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = make_app_bundle(tmp_path / "brats_diffusion")
+    case = _cases(small_datasets["brats2020"])[0]
+    [image] = stack_modalities(str(case), str(tmp_path / "studies"))
+    label_file, _ = BundleInferTask(str(bundle), {})({"image": str(image), "device": "cpu"})
+    out = tmp_path / "out"
+    monai.bundle.run(
+        "inference",
+        config_file=str(bundle / "configs" / "inference.yaml"),
+        bundle_root=str(bundle),
+        dataset_dir=str(case),
+        output_dir=str(out),
+        device="cpu",
+        quicklook=False,
+    )
+    separate = nib.load(str(out / f"{case.name}_seg.nii.gz"))
+    stacked = nib.load(label_file)
+    np.testing.assert_allclose(stacked.affine, separate.affine, atol=1e-4)
+    seg = np.asanyarray(separate.dataobj)
+    assert 0 < seg.sum() < seg.size  # a segmentation to compare, neither empty nor full
+    np.testing.assert_array_equal(np.asanyarray(stacked.dataobj), seg)
+
+
 def test_each_train_request_trains_the_current_model_and_reports(
     monailabel, app_bundle, small_datasets, tmp_path
 ):
@@ -157,9 +172,7 @@ def test_each_train_request_trains_the_current_model_and_reports(
     from monailabel.tasks.train.bundle import BundleTrainTask
 
     store = tmp_path / "datastore"
-    for case in _cases(small_datasets["brats2020"])[:2]:
-        name = f"{case.name}.nii.gz"
-        stack_case(case, store / name, store / "labels" / "final" / name)
+    stack_modalities(str(small_datasets["brats2020"]), str(store))  # images and final labels
     models = app_bundle / "models"
     task = BundleTrainTask(str(app_bundle), {})
     assert task.is_valid()
