@@ -3,12 +3,10 @@ on a copy of the bundle folder, with each case one 4-D NIfTI as MONAI Label's da
 
 from __future__ import annotations
 
-import ast
+import importlib
 import importlib.util
 import json
-import shutil
 import sys
-import types
 from pathlib import Path
 
 import monai.bundle
@@ -16,80 +14,27 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from bundle.io.checkpoints import load_weights
 from scripts.stack_modalities import stack_modalities
-from tests.bundle_cli import TINY_DIFFUSION_NET
-from tests.conftest import REPO
-from tests.test_inference import tiny_weights
-
-SMALL = {"image_size": 64, "prediction_type": "epsilon", "num_samples": 2, "sampling_steps": 2}
-SMALL_TRAINING = {
-    "image_size": 64,
-    "slices_per_volume": 2,
-    "batch_size": 2,
-    "val_slices_per_volume": 2,
-    "val_num_samples": 2,
-    "val_sampling_steps": 2,
-}
-
-
-def _stand_in_torchvision() -> dict[str, types.ModuleType]:
-    """``monailabel/transform/post.py`` imports ``torchvision.utils`` (``make_grid``,
-    ``save_image``) at module level for 2-D image outputs that no bundle task calls; the only
-    torchvision wheels for our torch are CUDA builds that break CPU torch on import. This stand-in
-    lets the import succeed and fails loudly if either function is ever called."""
-
-    def unavailable(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("torchvision stand-in: not installed in the test environment")
-
-    utils = types.ModuleType("torchvision.utils")
-    utils.make_grid = utils.save_image = unavailable
-    package = types.ModuleType("torchvision")
-    package.utils = utils
-    return {"torchvision": package, "torchvision.utils": utils}
+from tests.monailabel_app import MODEL, make_app_bundle, write_torchvision_stand_in
 
 
 @pytest.fixture(scope="module")
-def monailabel():
+def monailabel(tmp_path_factory: pytest.TempPathFactory):
     """MONAI Label importable (the README's test command installs it with --no-deps, from
     requirements-monailabel.txt), with the torchvision stand-in when torchvision is missing."""
     with pytest.MonkeyPatch.context() as patch:
         if importlib.util.find_spec("torchvision") is None:
-            for name, module in _stand_in_torchvision().items():
-                patch.setitem(sys.modules, name, module)
+            patch.syspath_prepend(str(write_torchvision_stand_in(tmp_path_factory.mktemp("tv"))))
+            for name in ("torchvision", "torchvision.utils"):
+                patch.setitem(sys.modules, name, importlib.import_module(name))
         yield
-
-
-def _set(config: Path, values: dict[str, object]) -> None:
-    """Rewrite a YAML config with some keys (``a#b`` for nested ones) set."""
-    data = yaml.safe_load(config.read_text())
-    for key, value in values.items():
-        *parents, last = key.split("#")
-        node = data
-        for parent in parents:
-            node = node[parent]
-        node[last] = value
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def make_app_bundle(root: Path) -> Path:
-    """The bundle folder as a MONAI Label app holds it (``root``), with the tiny test network:
-    MONAI Label reads the configs as they are, so the test sizes are written into copies."""
-    shutil.copytree(REPO / "configs", root / "configs")
-    shutil.copytree(REPO / "bundle", root / "bundle", ignore=shutil.ignore_patterns("__pycache__"))
-    tiny = {key: ast.literal_eval(value) for key, value in TINY_DIFFUSION_NET.items()}
-    _set(root / "configs" / "inference.yaml", {**tiny, **SMALL})
-    _set(root / "configs" / "train.yaml", {**tiny, **SMALL_TRAINING})
-    (root / "models").mkdir()
-    tiny_weights(root / "models" / "model.pt")
-    return root
 
 
 @pytest.fixture(scope="module")
 def app_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_app_bundle(tmp_path_factory.mktemp("monaibundle") / "brats_diffusion")
+    return make_app_bundle(tmp_path_factory.mktemp("monaibundle") / MODEL)
 
 
 def _cases(dataset: Path) -> list[Path]:
@@ -107,6 +52,8 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     task = BundleInferTask(str(app_bundle), {})
     assert task.is_valid()
     assert task.labels == {"whole tumour": 1}  # from the metadata's pred channel_def
+    # the ensemble's size and steps are options of each request (displayable_configs)
+    assert {"num_samples": 2, "sampling_steps": 2}.items() <= task.config().items()
 
     after_post = {}
 
@@ -114,9 +61,10 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
         after_post.update(data)
         return data
 
-    label_file, result = task(
-        {"image": str(image), "device": "cpu"}, callbacks={CallBackTypes.POST_TRANSFORMS: keep}
-    )
+    request = {"image": str(image), "device": "cpu", "num_samples": 3, "sampling_steps": 4}
+    label_file, result = task(request, callbacks={CallBackTypes.POST_TRANSFORMS: keep})
+    inferer = task.bundle_config.get_parsed_content("inferer")
+    assert (inferer.num_samples, len(inferer.sampler.timesteps)) == (3, 4)  # the request's
     reference = nib.load(str(image))
     label = nib.load(label_file)
     seg = np.asanyarray(label.dataobj)
@@ -140,7 +88,7 @@ def test_infer_task_on_the_stacked_file_equals_inference_on_the_separate_files(
     segmentation `monai.bundle run inference` writes from the four separate files."""
     from monailabel.tasks.infer.bundle import BundleInferTask
 
-    bundle = make_app_bundle(tmp_path / "brats_diffusion")
+    bundle = make_app_bundle(tmp_path / MODEL)
     case = _cases(small_datasets["brats2020"])[0]
     [image] = stack_modalities(str(case), str(tmp_path / "studies"))
     label_file, _ = BundleInferTask(str(bundle), {})({"image": str(image), "device": "cpu"})
@@ -176,7 +124,7 @@ def test_each_train_request_trains_the_current_model_and_reports(
     models = app_bundle / "models"
     task = BundleTrainTask(str(app_bundle), {})
     assert task.is_valid()
-    request = {"model": "brats_diffusion", "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
+    request = {"model": MODEL, "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
     current = load_weights(models / "model.pt")
     for _ in range(2):
         task(dict(request), LocalDatastore(str(store), extensions=("*.nii.gz",)))
