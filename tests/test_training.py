@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -66,6 +67,15 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     assert resumed["trainer"]["iteration"] == iterations + 2 * per_epoch
     assert len(losses(ckpt / "runs")) == 2 * per_epoch  # only the new iterations ran
     assert any(not torch.equal(weights[k], resumed["model"][k]) for k in weights)
+    # fewer epochs than val_interval still validate once, at the end, and the run reports
+    assert "training report: trained epochs 13-14" in second.stdout + second.stderr
+    stats = json.loads((ckpt / "train_stats.json").read_text())
+    assert stats["epochs_run"] == 2 and stats["eval"]["best_metric_epoch"] == 14
+
+    # the same command once more: nothing left to train, and it says so
+    third = bundle_run("training", ["train.yaml"], {**overrides, "epochs": 14, "val_interval": 100})
+    assert_ok(third)
+    assert "trained nothing: the run was already at epoch 14 of 14" in third.stdout + third.stderr
 
 
 def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):

@@ -193,11 +193,12 @@ def _number(value: Any) -> float | None:
 
 class TrainingReport:
     """Say what a training run did, in one log line and in a JSON file (``path``): the epochs and
-    iterations it ran, its last loss, the metrics of its last validation, the best score and
-    whether ``model.pt`` was replaced. A run that trained nothing (a resumed run already at its
-    last epoch) says so as a warning. MONAI Label shows the line in a training request's status
-    (``GET /train/``); the file keeps the keys of MONAI Label's own ``train_stats``
-    (``epoch``, ``start_ts``, ``total_time``, ``best_metric``, ``eval``) beside ours.
+    iterations it ran (and whether it was stopped early), its last loss, the metrics of its last
+    validation, the best score and whether ``model.pt`` was replaced. A run that trained nothing
+    (a resumed run already at its last epoch) says so as a warning. MONAI Label shows the line
+    in a training request's status (``GET /train/``); the file keeps the keys of MONAI Label's
+    own ``train_stats`` (``epoch``, ``start_ts``, ``total_time``, ``best_metric``, ``eval``)
+    beside ours.
 
     Args:
         path: the JSON file, written atomically (under DDP by rank 0).
@@ -243,6 +244,7 @@ class TrainingReport:
             "train_loss": None if output is None else _number(self.output_transform(output)),
             "best_metric": self.best_model.best,
             "model_updated": self.best_model.best != self._best_before,
+            "stopped_early": bool(engine.should_terminate),  # time limit, NaN loss
             "eval": {
                 "metrics": {k: _number(v) for k, v in evaluated.metrics.items()},
                 "key_metric_name": evaluated.key_metric_name,
@@ -268,14 +270,15 @@ class TrainingReport:
         loss = stats["train_loss"]
         parts = [
             f"trained epochs {self._first_epoch + 1}-{stats['epoch']} "
-            f"({stats['iterations_run']} iterations, {stats['total_time']:.0f} s)"
+            f"({stats['iterations_run']} iterations, {stats['total_time']:.0f} s"
+            + (", stopped early)" if stats["stopped_early"] else ")")
             + ("" if loss is None else f", last loss {loss:.4g}")
         ]
         if stats["eval"] is None:
-            parts.append("no validation data")
+            parts.append("not validated")
         else:
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in stats["eval"]["metrics"].items())
-            parts.append(f"validation: {metrics}")
+            metrics = [f"{k} {v:.4g}" for k, v in stats["eval"]["metrics"].items() if v is not None]
+            parts.append("validation: " + ", ".join(metrics))
         best = self.best_model.best
         saved = "replaced" if stats["model_updated"] else "kept"
         parts.append(
