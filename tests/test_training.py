@@ -10,11 +10,12 @@ import nibabel as nib
 import pytest
 import torch
 from ignite.engine import Engine
+from monai.bundle import ConfigParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.diffusion.ema import WeightAverage
 from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
-from tests.conftest import SMALL_SHAPE
+from tests.conftest import REPO, SMALL_SHAPE
 
 
 def losses(log_dir) -> list[float]:
@@ -156,3 +157,19 @@ def test_weight_average_follows_the_network():
     assert average.model.weight.item() != pytest.approx(8.0)
     off = WeightAverage(network)
     assert off.model is network and off.save_dict == {}
+
+
+@pytest.mark.parametrize(("warmup", "after_steps"), [(100, [0.01, 0.0199, 0.0298]), (0, [1, 1, 1])])
+def test_learning_rate_warm_up_or_none(warmup, after_steps):
+    """The rate rises linearly from 1% over warmup_iterations; with none it is the full rate
+    throughout (LinearLR alone would keep a start factor for ever when total_iters is 0)."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "train.yaml"))
+    parser["warmup_iterations"] = warmup
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    rates = []
+    for _ in after_steps:
+        rates.append(scheduler.optimizer.param_groups[0]["lr"] / parser["learning_rate"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx(after_steps)
