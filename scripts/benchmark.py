@@ -1,6 +1,6 @@
 """Side-by-side speed benchmark: the reference sampling loop against our default inference.
 
-    python scripts/benchmark.py --case_dir data/demo_test/BraTS20_Training_031 \
+    python -m scripts.benchmark --case_dir data/demo_test/BraTS20_Training_031 \
         --output docs/benchmark.md
 
 (a) The reference procedure (the public guided-diffusion fork): ancestral DDPM with all 1000
@@ -19,60 +19,45 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bundle.data.layouts import find_cases  # noqa: E402
-from bundle.diffusion.samplers import DDPMSampler  # noqa: E402
-from bundle.evaluation.metrics import overlap  # noqa: E402
-from bundle.io.checkpoints import load_weights  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
+from bundle.data.layouts import find_cases
+from bundle.data.regions import region_channel
+from bundle.data.transforms import tumour_slice_indices
+from bundle.diffusion.process import network_input, x0_to_probability
+from bundle.diffusion.samplers import DDPMSampler
+from bundle.evaluation.metrics import overlap
+from bundle.io.checkpoints import network_weights
+from bundle.workflow.configs import load_config
+from bundle.workflow.options import run_cli
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def load_config(name: str, overrides: dict | None = None) -> ConfigParser:
-    """One of the bundle's configs, with ``--key value`` style overrides applied."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / name))
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
-
-
-def tumour_slice_indices(label: torch.Tensor, count: int) -> list[int]:
-    """``count`` axial slices spread evenly over those of a (C, H, W, D) label with tumour."""
-    tumour = torch.nonzero(label.flatten(0, -2).any(0)).flatten().tolist()
-    return [tumour[int(i)] for i in np.linspace(0, len(tumour) - 1, count + 2)[1:-1]]
-
-
 def reference_sample(
-    network, scheduler, image: torch.Tensor, seed: int
+    network, scheduler, image: torch.Tensor, mask_channels: int, seed: int
 ) -> tuple[torch.Tensor, float]:
-    """One 1000-step ancestral DDPM sample of one slice, batch 1; returns the mask and seconds."""
+    """One 1000-step ancestral DDPM sample of one slice, batch 1; returns the (C, H, W) mask
+    probabilities and seconds."""
     sampler = DDPMSampler(scheduler)
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, network.out_channels, *image.shape[-2:]), generator=generator)
+    noise = torch.randn((1, mask_channels, *image.shape[-2:]), generator=generator)
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return network(x=torch.cat([x_t, image[None]], dim=1), timesteps=t)
+        return network(x=network_input(x_t, image[None]), timesteps=t)
 
     start = time.perf_counter()
     with torch.inference_mode():
         x0 = sampler.sample(denoise, noise, generator=generator)
-    return ((x0 + 1) / 2).clamp(0, 1)[0], time.perf_counter() - start
+    return x0_to_probability(x0)[0], time.perf_counter() - start
 
 
 def benchmark(
@@ -92,9 +77,11 @@ def benchmark(
     infer = load_config("inference.yaml", settings)
     case = find_cases(case_dir)[0]
     network = infer.get_parsed_content("network")
-    network.load_state_dict(load_weights(ckpt_path))
+    network.load_state_dict(network_weights(ckpt_path))
     network.eval()
     scheduler = infer.get_parsed_content("noise_scheduler")
+    mask_channels = infer.get_parsed_content("num_mask_channels")
+    wt = region_channel(infer.get_parsed_content("region_names"), "wt")  # what is compared
 
     # (b) our default: preprocessing, ensemble over the whole volume, back to the input grid
     start = time.perf_counter()
@@ -107,24 +94,26 @@ def benchmark(
     ours_seconds = time.perf_counter() - start
     ours_peak = _peak_rss_mb()
     truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
-    ours_dice = overlap(inverted["pred"][0].numpy() > 0, truth)[0]
+    ours_dice = overlap(inverted["pred"][wt].numpy() > 0, truth)[0]
 
     # the network grid, with the label, for slice-wise comparisons
     train = load_config("train.yaml", {k: v for k, v in settings.items() if k != "ckpt_path"})
     grid = Compose(train.get_parsed_content("load_transforms"))(dict(case))
-    label, image = grid["label"][0], grid["image"]
+    label, image = grid["label"][wt], grid["image"]
     picks = tumour_slice_indices(grid["label"], reference_slices)
-    ours_grid = item["pred"][0]  # ensemble mean in the network grid
+    ours_grid = item["pred"][wt]  # ensemble mean in the network grid
 
     # (a) the reference loop on the picked slices, every ensemble member
     seconds, ref_dice, our_dice_slices = [], [], []
     for z in picks:
         masks = []
         for member in range(num_samples):
-            mask, took = reference_sample(network, scheduler, image[..., z], seed=1000 * z + member)
+            mask, took = reference_sample(
+                network, scheduler, image[..., z], mask_channels, seed=1000 * z + member
+            )
             masks.append(mask)
             seconds.append(took)
-        reference_mean = torch.stack(masks).mean(0)[0]
+        reference_mean = torch.stack(masks).mean(0)[wt]
         ref_dice.append(overlap(reference_mean.numpy() > 0.5, label[..., z].numpy() > 0)[0])
         our_dice_slices.append(
             overlap(ours_grid[..., z].numpy() > 0.5, label[..., z].numpy() > 0)[0]

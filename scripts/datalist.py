@@ -1,6 +1,6 @@
 """Write a MONAI datalist JSON with a seeded, patient-level train/validation/test split.
 
-    python scripts/datalist.py --dataset_dir data/demo --output datalist.json --num_folds 5 --fold 0
+    python -m scripts.datalist --dataset_dir data/demo --output datalist.json --num_folds 5 --fold 0
 
 Every case is validated on the way (files present and readable, one shape and affine across
 modalities, labels in the layout's set): a bad case stops the command with a message naming it.
@@ -8,13 +8,8 @@ modalities, labels in the layout's set): a bad case stops the command with a mes
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.data.datalist import build_datalist, write_json  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
+from bundle.data.datalist import build_datalist, write_json
+from bundle.workflow.options import run_cli
 
 
 def datalist(

@@ -1,8 +1,8 @@
 """large_files.yml, the model zoo's list of the bundle's weight files (path, URL, hash), kept in
 step with models/.
 
-    python scripts/large_files.py                # check: exit 1 if the file is not up to date
-    python scripts/large_files.py --update true  # rewrite it from models/**/*.pt
+    python -m scripts.large_files                # check: exit 1 if the file is not up to date
+    python -m scripts.large_files --update true  # rewrite it from models/**/*.pt
 
 The file lists every ``models/**/*.pt`` with its SHA-256, which ``python -m monai.bundle
 download_large_files`` checks (a file already there with the right hash is not downloaded). The
@@ -19,18 +19,15 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a file: make `bundle` importable
-    sys.path.insert(0, str(REPO))
+from bundle.io.atomic import atomic_path
+from bundle.workflow.configs import BUNDLE_ROOT
+from bundle.workflow.options import flag, run_cli
 
-from bundle.io.atomic import atomic_path  # noqa: E402
-from bundle.workflow.options import flag, run_cli  # noqa: E402
-
-LARGE_FILES = REPO / "large_files.yml"
+LARGE_FILES = BUNDLE_ROOT / "large_files.yml"
 PLACEHOLDER = "https://unpublished.invalid/brats-diffusion/{path}"
 HEADER = """\
 # The bundle's weight files for the MONAI model zoo (python -m monai.bundle download_large_files):
-# path, URL and SHA-256 of each. Written by `python scripts/large_files.py --update true`; the
+# path, URL and SHA-256 of each. Written by `python -m scripts.large_files --update true`; the
 # tests check it against models/. The weights are not hosted anywhere yet: the URLs under the
 # reserved .invalid domain are placeholders until they are; the files are in this repository.
 """
@@ -44,7 +41,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def render(root: Path = REPO, urls: dict[str, str] | None = None) -> str:
+def render(root: Path = BUNDLE_ROOT, urls: dict[str, str] | None = None) -> str:
     """large_files.yml for the weight files under ``root/models``; ``urls`` keeps the URL of a
     path already listed, new paths get the placeholder."""
     urls = urls or {}
@@ -71,7 +68,7 @@ def listed_urls(path: Path = LARGE_FILES) -> dict[str, str]:
 
 def large_files(update: bool | str = False) -> bool:
     """Check large_files.yml against models/ (or rewrite it); returns whether it is up to date."""
-    expected = render(REPO, listed_urls())
+    expected = render(BUNDLE_ROOT, listed_urls())
     current = LARGE_FILES.read_text() if LARGE_FILES.is_file() else ""
     if flag(update):
         with atomic_path(LARGE_FILES) as tmp:
@@ -81,7 +78,7 @@ def large_files(update: bool | str = False) -> bool:
     if current != expected:
         print(
             f"{LARGE_FILES.name} does not list models/ as it is (a weight file changed, came or "
-            "went): run `python scripts/large_files.py --update true`",
+            "went): run `python -m scripts.large_files --update true`",
             file=sys.stderr,
         )
         return False

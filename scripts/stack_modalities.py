@@ -1,6 +1,6 @@
 """Write cases as MONAI Label takes them: one 4-D NIfTI per case, channels t1, t1ce, t2, flair.
 
-    python scripts/stack_modalities.py --dataset_dir D --output_dir studies [--labels true]
+    python -m scripts.stack_modalities --dataset_dir D --output_dir studies [--labels true]
 
 MONAI Label's datastore hands the bundle one image file per case, so the four modalities must be
 one 4-D file, in the channel order the metadata's ``channel_def`` states (``MODALITIES``). Every
@@ -15,26 +15,15 @@ case ends the command with one line naming the file and exit code 2, before anyt
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a file: make `bundle` importable
-    sys.path.insert(0, str(REPO))
-
-from bundle.data.layouts import (  # noqa: E402
-    DEFAULT_LAYOUT,
-    LAYOUTS,
-    MODALITIES,
-    SUB_REGIONS,
-    find_cases,
-)
-from bundle.data.validation import validate_case  # noqa: E402
-from bundle.io.atomic import atomic_path  # noqa: E402
-from bundle.workflow.options import flag, run_cli  # noqa: E402
+from bundle.data.layouts import DEFAULT_LAYOUT, LAYOUTS, MODALITIES, SUB_REGIONS, find_cases
+from bundle.data.validation import validate_case
+from bundle.io.atomic import atomic_path
+from bundle.workflow.options import flag, run_cli
 
 LABELS_FOLDER = Path("labels") / "final"
 """Where MONAI Label's local datastore keeps the finished label of ``<image>`` (same name)."""

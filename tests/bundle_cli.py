@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
+from bundle.workflow.configs import load_config
 from tests.conftest import REPO
 
 TINY_DIFFUSION_NET = {
@@ -19,6 +19,9 @@ TINY_DIFFUSION_NET = {
     "network_def#norm_num_groups": "8",
 }
 """Overrides that shrink the diffusion U-Net to a few thousand parameters for tests."""
+
+TINY_INFERENCE = {"image_size": 64, "in_plane_spacing": 2.0, "prediction_type": "epsilon"}
+"""The settings test inference runs with (and the tiny weights' stored settings say)."""
 
 
 def bundle_command(
@@ -62,6 +65,17 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A failed bundle run whose only complaint is one ``error:`` line holding ``fragments``."""
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
 def train_overrides(dataset: Path, ckpt_dir: Path, **extra: object) -> dict[str, object]:
     """A tiny, fast training on the small test cases."""
     overrides: dict[str, object] = {
@@ -83,16 +97,20 @@ def train_overrides(dataset: Path, ckpt_dir: Path, **extra: object) -> dict[str,
     return overrides
 
 
-def tiny_weights(path: Path, regions: str = "wt") -> Path:
-    """Random weights of the tiny test network, built from inference.yaml itself."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.yaml"))
-    for key, value in TINY_DIFFUSION_NET.items():
-        parser[key] = eval(value)  # the same literals the command line gets
-    parser["regions"] = regions
+def tiny_weights(path: Path, regions: str = "wt", with_settings: bool = False) -> Path:
+    """Random weights of the tiny test network, built from inference.yaml itself: a bare state
+    dict, or ``with_settings`` as training writes them, with the settings of
+    :data:`TINY_INFERENCE`."""
+    # the same literals the command line gets
+    tiny = {key: eval(value) for key, value in TINY_DIFFUSION_NET.items()}
+    parser = load_config("inference.yaml", {**tiny, **TINY_INFERENCE, "regions": regions})
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
-    torch.save(network.state_dict(), path)
+    if with_settings:
+        settings = parser.get_parsed_content("weight_settings").state_dict()
+        torch.save({"model": network.state_dict(), "settings": settings}, path)
+    else:
+        torch.save(network.state_dict(), path)
     return path
 
 
@@ -102,12 +120,10 @@ def inference_overrides(case: Path, out: Path, weights: Path, **extra: object) -
         "dataset_dir": case,
         "output_dir": out,
         "ckpt_path": weights,
-        "image_size": 64,
-        "in_plane_spacing": 2.0,
         "num_samples": 4,
         "sampling_steps": 3,
         # a random network read as a noise predictor draws varied masks (as x0 it draws ~0.5)
-        "prediction_type": "epsilon",
+        **TINY_INFERENCE,
         **TINY_DIFFUSION_NET,
         **extra,
     }

@@ -1,5 +1,5 @@
 """large_files.yml lists every weight file with the hash it has now: replacing models/*.pt fails
-here until `python scripts/large_files.py --update true` has rewritten it."""
+here until `python -m scripts.large_files --update true` has rewritten it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 def test_large_files_lists_every_weight_file_with_its_hash():
     assert LARGE_FILES.read_text() == render(REPO, listed_urls()), (
-        "large_files.yml is out of date: run `python scripts/large_files.py --update true`"
+        "large_files.yml is out of date: run `python -m scripts.large_files --update true`"
     )
     weights = {path.relative_to(REPO).as_posix() for path in REPO.glob("models/**/*.pt")}
     assert set(listed_urls()) == weights

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.io.checkpoints import load_weights
+from bundle.io.checkpoints import network_weights
 from scripts.stack_modalities import stack_modalities
 from tests.monailabel_app import MODEL, make_app_bundle, write_torchvision_stand_in
+
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,7 @@ def test_each_train_request_trains_the_current_model_and_reports(
     task = BundleTrainTask(str(app_bundle), {})
     assert task.is_valid()
     request = {"model": MODEL, "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
-    current = load_weights(models / "model.pt")
+    current = network_weights(models / "model.pt")
     for _ in range(2):
         task(dict(request), LocalDatastore(str(store), extensions=("*.nii.gz",)))
         trainer = torch.load(models / "last.pt", weights_only=True)["trainer"]
@@ -135,7 +137,7 @@ def test_each_train_request_trains_the_current_model_and_reports(
         assert stats["iterations_run"] == trainer["epoch_length"]
         assert stats["eval"]["key_metric_name"] == "val_mean_dice"
         assert stats["model_updated"] and stats["best_metric"] is not None
-        trained = load_weights(models / "model.pt")
+        trained = network_weights(models / "model.pt")
         assert trained.keys() == current.keys()
         changes = [float((trained[k] - current[k]).abs().max()) for k in current]
         # trained on from model.pt (MONAI Label's CheckpointLoader), not from a new network

@@ -26,6 +26,7 @@ from scripts.robustness_table import ACCEPTED, CORRUPTIONS, case_messages, corru
 from tests.bundle_cli import (
     BUNDLE_ENV,
     assert_ok,
+    assert_one_line_error,
     bundle_command,
     bundle_run,
     infer,
@@ -40,17 +41,6 @@ from tests.conftest import REPO
 def corrupted(tmp_path_factory) -> tuple[Path, str]:
     """One good case and one case per corruption, in one BraTS 2020 folder."""
     return corrupted_dataset(tmp_path_factory.mktemp("corrupted"))
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """A failed bundle run whose only complaint is one ``error:`` line holding ``fragments``."""
-    log = result.stdout + result.stderr
-    assert result.returncode == 1, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def test_every_corruption_gets_one_line_naming_case_and_file(corrupted):
@@ -73,10 +63,11 @@ def test_every_corruption_gets_one_line_naming_case_and_file(corrupted):
 
 def test_robustness_table_is_up_to_date(tmp_path):
     assert (REPO / "docs" / "robustness.md").read_text() == table(tmp_path), (
-        "docs/robustness.md is stale: python scripts/robustness_table.py"
+        "docs/robustness.md is stale: python -m scripts.robustness_table"
     )
 
 
+@pytest.mark.slow
 def test_inference_skips_every_corrupted_case_and_writes_the_good_one(corrupted, tmp_path):
     dataset, good = corrupted
     out = tmp_path / "out"
@@ -96,6 +87,7 @@ def test_inference_skips_every_corrupted_case_and_writes_the_good_one(corrupted,
     assert not any(name.startswith(f"{case}_") for case in bad for name in written)
 
 
+@pytest.mark.slow
 def test_weights_of_another_network_stop_inference_with_one_line(small_datasets, tmp_path):
     weights = tiny_weights(tmp_path / "model.pt")
     overrides = inference_overrides(small_datasets["brats2020"], tmp_path / "out", weights)
@@ -109,6 +101,7 @@ def test_weights_of_another_network_stop_inference_with_one_line(small_datasets,
     assert not list((tmp_path / "out").glob("*.nii.gz"))
 
 
+@pytest.mark.slow
 def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -121,7 +114,15 @@ def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     datalist = tmp_path / "datalist.json"
     assert_ok(
         subprocess.run(
-            [sys.executable, "scripts/datalist.py", "--dataset_dir", dataset, "--output", datalist],
+            [
+                sys.executable,
+                "-m",
+                "scripts.datalist",
+                "--dataset_dir",
+                dataset,
+                "--output",
+                datalist,
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -137,6 +138,7 @@ def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_state(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     overrides = train_overrides(
@@ -186,6 +188,7 @@ def killed_after(process: subprocess.Popen, ready, timeout: float = 300) -> None
     process.communicate()
 
 
+@pytest.mark.slow
 def test_training_killed_with_sigkill_resumes_from_the_saved_state(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     last = ckpt / "last.pt"
@@ -229,6 +232,7 @@ def complete(path: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_inference_killed_with_sigkill_leaves_only_complete_files(small_datasets, tmp_path):
     dataset = tmp_path / "data"
     for k in range(2):  # six cases

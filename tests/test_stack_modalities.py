@@ -54,6 +54,7 @@ def test_every_layout_gives_the_same_4d_file_in_the_metadata_order(small_dataset
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_case_of_mismatched_geometry_stops_before_any_file(small_datasets, tmp_path):
     dataset = tmp_path / "dataset"
     shutil.copytree(small_datasets["brats2020"], dataset)
@@ -68,9 +69,9 @@ def test_a_case_of_mismatched_geometry_stops_before_any_file(small_datasets, tmp
         stack_modalities(str(dataset), str(out))
     assert not out.exists()
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "stack_modalities.py"), "--dataset_dir",
-         str(dataset), "--output_dir", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "scripts.stack_modalities", "--dataset_dir", str(dataset),
+         "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: case {case.name}: file {t2}")

@@ -10,12 +10,12 @@ import nibabel as nib
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.bundle import ConfigParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.diffusion.ema import WeightAverage
+from bundle.workflow.configs import load_config
 from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
-from tests.conftest import REPO, SMALL_SHAPE
+from tests.conftest import SMALL_SHAPE
 
 
 def losses(log_dir) -> list[float]:
@@ -24,6 +24,7 @@ def losses(log_dir) -> list[float]:
     return [event.value for event in events.Scalars("train_loss")]
 
 
+@pytest.mark.slow
 def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     overrides = train_overrides(
@@ -79,6 +80,7 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     assert "trained nothing: the run was already at epoch 14 of 14" in third.stdout + third.stderr
 
 
+@pytest.mark.slow
 def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
@@ -101,6 +103,7 @@ def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     assert state["ema"].keys() == state["model"].keys()
 
 
+@pytest.mark.slow
 def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
     """Both of the paper code's extras on: the weight average is validated and shipped, and the
     network that also learns its variance serves inference (the DDPM sampler's use of the
@@ -163,9 +166,7 @@ def test_weight_average_follows_the_network():
 def test_learning_rate_warm_up_or_none(warmup, after_steps):
     """The rate rises linearly from 1% over warmup_iterations; with none it is the full rate
     throughout (LinearLR alone would keep a start factor for ever when total_iters is 0)."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "train.yaml"))
-    parser["warmup_iterations"] = warmup
+    parser = load_config("train.yaml", {"warmup_iterations": warmup})
     scheduler = parser.get_parsed_content("lr_scheduler")
     rates = []
     for _ in after_steps:

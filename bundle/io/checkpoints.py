@@ -160,11 +160,10 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The network weights of a checkpoint file, for scripts that load them into a network
-    themselves: training writes ``{"model": state_dict, "settings": ...}``, older files and
-    other tools hold the bare state dict; both are read. (The workflows load checkpoints with
-    :class:`CheckpointLoader`, which also checks the settings.)"""
+def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network's state dict in a checkpoint file: a bare state dict (the shipped weights), or
+    the ``model`` entry of what training writes (``model.pt``, ``last.pt``); anything else is one
+    error line naming the file."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if _is_state_dict(checkpoint):
         return checkpoint
@@ -193,25 +192,28 @@ def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3
     networks = networks_in(load_dict)
     if len(networks) == 1 and _is_state_dict(checkpoint):  # a bare state dict, as MONAI reads it
         checkpoint = {next(iter(networks)): checkpoint}
+    shapes = []
     for key, network in networks.items():
         if not isinstance(checkpoint.get(key), dict):
             raise DatasetError(
                 f"checkpoint {path} has no {key!r} state dict (it has {', '.join(checkpoint)})"
             )
         found = _differences(checkpoint[key], network.state_dict())
-        if found:
-            more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
-            raise DatasetError(
-                f"checkpoint {path} does not match network_def: {'; '.join(found[:shown])}{more}"
-            )
-    for key, obj in load_dict.items():
-        if isinstance(obj, WeightSettings) and isinstance(checkpoint.get(key), dict):
-            found = obj.differences(checkpoint[key])
-            if found:
-                raise DatasetError(
-                    f"checkpoint {path} was trained with other settings than the config's: "
-                    + "; ".join(found)
-                )
+        more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
+        shapes += [f"{'; '.join(found[:shown])}{more}"] if found else []
+    # the settings too, so that a setting that changes shapes (regions, learn_sigma) is named
+    settings = [
+        found
+        for key, obj in load_dict.items()
+        if isinstance(obj, WeightSettings) and isinstance(checkpoint.get(key), dict)
+        for found in obj.differences(checkpoint[key])
+    ]
+    trained = f"trained with other settings than the config's: {'; '.join(settings)}"
+    if shapes:
+        also = f"; it was {trained}" if settings else ""
+        raise DatasetError(f"checkpoint {path} does not match network_def: {shapes[0]}{also}")
+    if settings:
+        raise DatasetError(f"checkpoint {path} was {trained}")
     missing = [
         key
         for key, obj in load_dict.items()
