@@ -3,7 +3,6 @@ on a copy of the bundle folder, with each case one 4-D NIfTI as MONAI Label's da
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import sys
@@ -26,12 +25,14 @@ pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 def monailabel(tmp_path_factory: pytest.TempPathFactory):
     """MONAI Label importable (the README's test command installs it with --no-deps, from
     requirements-monailabel.txt), with the torchvision stand-in when torchvision is missing."""
+    stand_in = importlib.util.find_spec("torchvision") is None
     with pytest.MonkeyPatch.context() as patch:
-        if importlib.util.find_spec("torchvision") is None:
+        if stand_in:
             patch.syspath_prepend(str(write_torchvision_stand_in(tmp_path_factory.mktemp("tv"))))
-            for name in ("torchvision", "torchvision.utils"):
-                patch.setitem(sys.modules, name, importlib.import_module(name))
         yield
+    if stand_in:  # gone with the module: later tests (the server's) find no torchvision
+        for name in ("torchvision.utils", "torchvision"):
+            sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="module")
