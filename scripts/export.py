@@ -19,7 +19,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import save_net_with_metadata
 
-from bundle.io.checkpoints import network_weights
+from bundle.io.checkpoints import load_weights
 from bundle.workflow.configs import BUNDLE_ROOT, CONFIG_DIR, load_config
 from bundle.workflow.options import run_cli
 
@@ -33,7 +33,7 @@ def export(
     parser = load_config("inference.yaml", overrides)
     parser.read_meta(str(CONFIG_DIR / "metadata.json"))
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(network_weights(ckpt_path))
+    load_weights(network, ckpt_path)
     network.eval()
     size = 2 ** len(parser["network_def"]["channels"])  # divisible through every downsampling
     example = (

@@ -27,7 +27,7 @@ from bundle.diffusion.samplers import make_sampler
 from bundle.ensemble.inferers import ImplicitEnsembleInferer
 from bundle.evaluation.figures import plot_steps
 from bundle.evaluation.metrics import overlap, uncertainty_metrics
-from bundle.io.checkpoints import network_weights
+from bundle.io.checkpoints import load_weights
 from bundle.workflow.configs import load_config
 from bundle.workflow.options import run_cli
 
@@ -66,7 +66,7 @@ def sweep(
     """Run both parts and return (and write) the markdown report."""
     infer = load_config("inference.yaml")
     network = infer.get_parsed_content("network_def")
-    network.load_state_dict(network_weights(ckpt_path))
+    load_weights(network, ckpt_path)
     scheduler = infer.get_parsed_content("noise_scheduler")
     mask_channels = infer.get_parsed_content("num_mask_channels")
     wt = region_channel(infer.get_parsed_content("region_names"), "wt")  # what is scored

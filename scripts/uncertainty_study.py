@@ -42,7 +42,7 @@ from bundle.evaluation.metrics import (  # noqa: E402
     spearman,
     uncertainty_metrics,
 )
-from bundle.io.checkpoints import network_weights  # noqa: E402
+from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.workflow.options import run_cli  # noqa: E402
 
@@ -99,7 +99,7 @@ def load_model(ckpt_path: str) -> tuple[torch.nn.Module, object]:
         },
     )
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(network_weights(ckpt_path))
+    load_weights(network, ckpt_path)
     return network.eval(), parser.get_parsed_content("noise_scheduler")
 
 
@@ -124,6 +124,11 @@ def draw(
     channels = (out.shape[1]) // (2 + num_samples)
     samples = out[:, 2 * channels :].reshape(len(image), num_samples, channels, *out.shape[2:])
     return samples.movedim(1, 0).numpy()
+
+
+SAMPLE_FORMS = ("soft", "binary")
+"""How the samples enter the mean and variance: as the sampler's [0, 1] x0 estimates, or each
+thresholded at 0.5 first (N masks, the mean then a vote)."""
 
 
 def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str, float]:
@@ -156,7 +161,7 @@ def choose(
 def summarise(rows: list[dict]) -> list[dict]:
     """Means over cases per model, setting and ensemble size, and the case score's Spearman
     correlation with Dice across the cases."""
-    keys = ("model", "sampler", "steps", "eta", "k")
+    keys = ("model", "sampler", "steps", "eta", "samples", "k")
     summary = []
     for group_key in dict.fromkeys(tuple(r[k] for k in keys) for r in rows):
         group = [r for r in rows if tuple(r[k] for k in keys) == group_key]
@@ -176,19 +181,21 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(summary: list[dict], sizes: Sequence[int]) -> str:
     """One line per model and setting at the ensemble sizes shown, with one-sample Dice."""
     lines = [
-        "| model | sampler | steps | eta | k | Dice | 1-sample Dice | AUROC | errors with var "
-        "| UEO | ECE | QU-BraTS | case score | Spearman | s per slice |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sampler | steps | eta | samples | k | Dice | 1-sample Dice | AUROC "
+        "| errors with var | UEO | ECE | QU-BraTS | case score | Spearman | s per slice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    single = {(s["model"], s["sampler"], s["steps"], s["eta"]): s for s in summary if s["k"] == 1}
+    setting = ("model", "sampler", "steps", "eta", "samples")
+    single = {tuple(s[k] for k in setting): s for s in summary if s["k"] == 1}
     for s in summary:
         if s["k"] not in sizes:
             continue
-        one = single[s["model"], s["sampler"], s["steps"], s["eta"]]["dice"]
+        one = single[tuple(s[k] for k in setting)]["dice"]
         cells = [f"{s[c]:.4f}" if c == "ece" else f"{s[c]:.3f}" for c in COLUMNS]
         dice, rest = cells[0], cells[1:]
         lines.append(
-            f"| {s['model']} | {s['sampler']} | {s['steps']} | {s['eta']} | {s['k']} | {dice} "
+            f"| {s['model']} | {s['sampler']} | {s['steps']} | {s['eta']} | {s['samples']} "
+            f"| {s['k']} | {dice} "
             f"| {one:.3f} | {' | '.join(rest)} | {s['spearman']:.2f} | {s['seconds']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -200,14 +207,18 @@ def plot(summary: list[dict], output: Path) -> list[Path]:
     paths = []
     ddim = [s for s in summary if s["sampler"] == "ddim"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for model, eta in dict.fromkeys((s["model"], s["eta"]) for s in ddim):
+    for model, eta, form in dict.fromkeys((s["model"], s["eta"], s["samples"]) for s in ddim):
         line = sorted(
-            (s for s in ddim if (s["model"], s["eta"], s["k"]) == (model, eta, ENSEMBLE)),
+            (
+                s
+                for s in ddim
+                if (s["model"], s["eta"], s["samples"], s["k"]) == (model, eta, form, ENSEMBLE)
+            ),
             key=lambda s: s["steps"],
         )
-        steps = [s["steps"] for s in line]
-        axes[0].plot(steps, [s["dice"] for s in line], "o-", label=f"{model}, eta {eta}")
-        axes[1].plot(steps, [s["auroc"] for s in line], "o-", label=f"{model}, eta {eta}")
+        steps, name = [s["steps"] for s in line], f"{model}, eta {eta:g}, {form}"
+        axes[0].plot(steps, [s["dice"] for s in line], "o-", label=name)
+        axes[1].plot(steps, [s["auroc"] for s in line], "o-", label=name)
     for ax, name in zip(axes, ("Dice (5 samples)", "variance AUROC for errors"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("DDIM steps")
@@ -221,14 +232,14 @@ def plot(summary: list[dict], output: Path) -> list[Path]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in dict.fromkeys((s["model"], s["sampler"], s["steps"], s["eta"]) for s in summary):
+    setting = ("model", "sampler", "steps", "eta", "samples")
+    for key in dict.fromkeys(tuple(s[k] for k in setting) for s in summary):
         line = sorted(
-            (s for s in summary if (s["model"], s["sampler"], s["steps"], s["eta"]) == key),
-            key=lambda s: s["k"],
+            (s for s in summary if tuple(s[k] for k in setting) == key), key=lambda s: s["k"]
         )
         if len(line) < 3:
             continue
-        label = f"{key[0]} {key[1]} {key[2]} eta {key[3]}"
+        label = f"{key[0]} {key[1]} {key[2]} eta {key[3]:g} {key[4]}"
         axes[0].plot([s["k"] for s in line], [s["dice"] for s in line], ".-", label=label)
         axes[1].plot([s["k"] for s in line], [s["auroc"] for s in line], ".-", label=label)
     for ax, name in zip(axes, ("Dice", "variance AUROC for errors"), strict=True):
@@ -248,7 +259,7 @@ def plot(summary: list[dict], output: Path) -> list[Path]:
         points = [s for s in five if s["model"] == model]
         ax.scatter([s["auroc"] for s in points], [s["dice"] for s in points], label=model)
         for s in points:
-            tag = f"{s['sampler']} {s['steps']}" + (f" eta {s['eta']:g}" if s["eta"] else "")
+            tag = f"{s['sampler']} {s['steps']} eta {s['eta']:g} {s['samples']}"
             ax.annotate(tag, (s["auroc"], s["dice"]), fontsize=6)
     ax.set_xlabel("variance AUROC for errors (brain voxels)")
     ax.set_ylabel("Dice (5 samples)")
@@ -299,18 +310,24 @@ def study(
                 start = time.perf_counter()
                 samples = draw(network, scheduler, image, sampler, k, eta, num_samples, seed)
                 took, slices = took + time.perf_counter() - start, slices + len(image)
-                for size in range(1, num_samples + 1):
-                    metrics = score(samples[:size], case["label"][picks], case["brain"][picks])
-                    case_rows.append({"case": case["case_id"], "k": size, **metrics})
+                for form in SAMPLE_FORMS:
+                    drawn = samples if form == "soft" else (samples > 0.5).astype(np.float32)
+                    for size in range(1, num_samples + 1):
+                        metrics = score(drawn[:size], case["label"][picks], case["brain"][picks])
+                        case_rows.append(
+                            {"case": case["case_id"], "samples": form, "k": size, **metrics}
+                        )
             seconds = took / slices
             setting = {"model": model, "sampler": sampler, "steps": k, "eta": eta}
             rows += [{**setting, "seconds": seconds, **r} for r in case_rows]
-            five = summarise([r for r in rows if r["model"] == model and r["k"] == shown])[-1]
-            print(
-                f"{model} {sampler} {k} eta {eta}: Dice {five['dice']:.3f}, AUROC "
-                f"{five['auroc']:.3f}, {seconds:.3f} s per slice",
-                flush=True,
-            )
+            latest = [r for r in rows if r["model"] == model and r["k"] == shown]
+            for five in summarise(latest)[-len(SAMPLE_FORMS) :]:
+                print(
+                    f"{model} {sampler} {k} eta {eta} {five['samples']}: Dice {five['dice']:.3f}"
+                    f", AUROC {five['auroc']:.3f}, case score {five['case_uncertainty']:.3f}, "
+                    f"{seconds:.3f} s per slice",
+                    flush=True,
+                )
     with open(out / "study.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -320,7 +337,8 @@ def study(
     report = markdown(summary, sizes)
     report += (
         f"\nChosen by the rule: {chosen['model']}, {chosen['sampler']} {chosen['steps']} steps, "
-        f"eta {chosen['eta']} (Dice {chosen['dice']:.3f}, AUROC {chosen['auroc']:.3f}).\n"
+        f"eta {chosen['eta']}, {chosen['samples']} samples (Dice {chosen['dice']:.3f}, AUROC "
+        f"{chosen['auroc']:.3f}).\n"
     )
     (out / "study.md").write_text(report)
     plot(summary, out)

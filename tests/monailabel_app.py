@@ -6,8 +6,11 @@ import ast
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
+from monai.bundle import ConfigParser
 
+from bundle.io.checkpoints import load_weights
 from tests.bundle_cli import TINY_DIFFUSION_NET, tiny_weights
 from tests.conftest import REPO
 
@@ -72,3 +75,12 @@ def make_app_bundle(root: Path) -> Path:
     (root / "models").mkdir()
     tiny_weights(root / "models" / "model.pt")
     return root
+
+
+def model_weights(root: Path) -> dict[str, torch.Tensor]:
+    """The weights of the app bundle's models/model.pt, in whichever format MONAI Label's
+    training left it, read into the bundle's own (tiny) network_def."""
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.yaml"))
+    network = parser.get_parsed_content("network_def")
+    return load_weights(network, root / "models" / "model.pt").state_dict()

@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser, verify_net_in_out
 
 from bundle.data.layouts import DEFAULT_LAYOUT
 from bundle.data.regions import labelmap_classes
-from bundle.io.checkpoints import network_weights
+from bundle.io.checkpoints import load_weights
 from tests.conftest import REPO
 
 CONFIG = REPO / "configs" / "inference.yaml"
@@ -61,9 +61,7 @@ def test_torchscript_export_matches_the_eager_network(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(network_weights(REPO / "models" / "model.pt"))
-    network.eval()
+    network = load_weights(parser.get_parsed_content("network_def"), REPO / "models" / "model.pt")
     scripted = torch.jit.load(str(path))
     # another batch size, height and width than the trace's, and several timesteps
     x = torch.randn(3, network.in_channels, 24, 16, generator=torch.Generator().manual_seed(0))

@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.io.checkpoints import network_weights
 from scripts.stack_modalities import stack_modalities
-from tests.monailabel_app import MODEL, make_app_bundle, write_torchvision_stand_in
+from tests.monailabel_app import (
+    MODEL,
+    make_app_bundle,
+    model_weights,
+    write_torchvision_stand_in,
+)
 
 pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
@@ -128,7 +132,7 @@ def test_each_train_request_trains_the_current_model_and_reports(
     task = BundleTrainTask(str(app_bundle), {})
     assert task.is_valid()
     request = {"model": MODEL, "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
-    current = network_weights(models / "model.pt")
+    current = model_weights(app_bundle)
     for _ in range(2):
         task(dict(request), LocalDatastore(str(store), extensions=("*.nii.gz",)))
         trainer = torch.load(models / "last.pt", weights_only=True)["trainer"]
@@ -138,7 +142,7 @@ def test_each_train_request_trains_the_current_model_and_reports(
         assert stats["iterations_run"] == trainer["epoch_length"]
         assert stats["eval"]["key_metric_name"] == "val_mean_dice"
         assert stats["model_updated"] and stats["best_metric"] is not None
-        trained = network_weights(models / "model.pt")
+        trained = model_weights(app_bundle)
         assert trained.keys() == current.keys()
         changes = [float((trained[k] - current[k]).abs().max()) for k in current]
         # trained on from model.pt (MONAI Label's CheckpointLoader), not from a new network

@@ -29,9 +29,13 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.io.checkpoints import network_weights
 from scripts.stack_modalities import stack_modalities
-from tests.monailabel_app import MODEL, make_app_bundle, write_torchvision_stand_in
+from tests.monailabel_app import (
+    MODEL,
+    make_app_bundle,
+    model_weights,
+    write_torchvision_stand_in,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +187,7 @@ def test_each_train_request_trains_validates_and_reports(server):
     server.wait_for_info()
     models = server.bundle / "models"
     params = {"max_epochs": 1, "val_split": 0.34, "device": "cpu", "multi_gpu": False}
-    weights, reports = [network_weights(models / "model.pt")], []
+    weights, reports = [model_weights(server.bundle)], []
     for _ in range(2):
         task = server.train(params)
         details = "\n".join(task.get("details", []))
@@ -192,7 +196,7 @@ def test_each_train_request_trains_validates_and_reports(server):
         assert "val_mean_dice" in details and "model.pt replaced" in details, details
         stats = json.loads((models / "train_stats.json").read_text())
         assert stats["epochs_run"] == 1 and stats["iterations_run"] > 0 and stats["eval"]
-        weights.append(network_weights(models / "model.pt"))
+        weights.append(model_weights(server.bundle))
         reports.append(stats)
         print(f"train: {stats['total_time']} s in the run")
     for before, after in zip(weights, weights[1:], strict=False):  # each request changed them

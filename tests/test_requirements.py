@@ -39,11 +39,26 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def checked_first(tree: ast.AST) -> set[str]:
+    """Modules a file asks ``find_spec`` about: optional, imported only where installed."""
+    return {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", getattr(node.func, "id", None)) == "find_spec"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+
+
 def imported_modules() -> dict[str, set[str]]:
-    """Top-level modules imported anywhere in bundle/, scripts/ or the configs, with the files."""
+    """Top-level modules imported anywhere in bundle/, scripts/ or the configs, with the files
+    (optional ones, :func:`checked_first`, left out)."""
     found: dict[str, set[str]] = {}
     for path in sorted([*REPO.glob("bundle/**/*.py"), *REPO.glob("scripts/**/*.py")]):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        optional = checked_first(tree)
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -51,7 +66,8 @@ def imported_modules() -> dict[str, set[str]]:
             else:
                 continue
             for name in names:
-                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
+                if name.split(".")[0] not in optional:
+                    found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
     for path in sorted(REPO.glob("configs/*.yaml")):
         for name in re.findall(r"\$import ([A-Za-z_][\w.]*)", path.read_text()):
             found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from bundle.diffusion.process import network_input, x0_to_probability
 from bundle.diffusion.samplers import Sampler
+from bundle.ensemble.precision import NetworkRunner
 from bundle.workflow.options import flag
 
 
@@ -121,10 +121,13 @@ class SliceEnsembleInferer(Inferer):
     ) -> int:
         """How many images go through the network at once: as many as the memory budget holds,
         and on a CPU at most ``cpu_batch_size``, since there an image costs more in a large
-        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256)."""
+        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256).
+        The last call's choice stays in :attr:`batching`, for reports."""
         per_image = activation_bytes_per_image(network, forward, example)
         chunk = max(1, int(self.memory_budget_mb * 2**20 // per_image))
-        return min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
+        chunk = min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
+        self.batching = {"activation_mb_per_image": per_image / 2**20, "images_per_call": chunk}
+        return chunk
 
 
 class ImplicitEnsembleInferer(SliceEnsembleInferer):
@@ -146,7 +149,9 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         memory_budget_mb: memory allowed for network activations per forward pass.
         brain_threshold: slices with no ``|value| > brain_threshold`` are skipped.
         progress: show a tqdm bar over the sampler steps.
-        amp: autocast the network to bfloat16 (float16 without bf16 support); CUDA inputs only.
+        amp: run the network in bfloat16 where the device computes it: autocast on CUDA
+            (float16 without bf16 support), a bfloat16 copy on a CPU with AMX / AVX512-BF16
+            (``bundle.ensemble.precision``); float32 elsewhere.
         mask_channels: C, the masks generated per slice (one per region); a network that learned
             its variance outputs 2 C channels, which the sampler splits.
         return_samples: append the individual samples to the output.
@@ -183,7 +188,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         )
         self.sampler = sampler
         self.progress = progress
-        self.amp = amp
+        self.amp = flag(amp)
 
     def _samples(
         self,
@@ -203,14 +208,13 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             device=slices.device,
         )
         noise = noise[:, keep].reshape(self.num_samples * kept, mask_channels, height, width)
-        autocast = partial(_autocast, slices.device, self.amp)
+        runner = NetworkRunner(network, slices.device, self.amp)
 
         def forward(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
             t = torch.zeros(len(x), dtype=torch.long, device=x.device) if t is None else t
-            with autocast():
-                return network(x=x, timesteps=t)
+            return runner(x, t)
 
-        chunk = self._chunk(network, forward, network_input(noise[:1], image[:1]))
+        chunk = self._chunk(runner.network, forward, network_input(noise[:1], image[:1]))
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             outputs = []
@@ -219,7 +223,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
                 # the state is sample-major: row r belongs to kept slice r % kept
                 rows = torch.arange(start, stop, device=x_t.device) % kept
                 x = network_input(x_t[start:stop], image[rows])
-                outputs.append(forward(x, t[start:stop]).to(x_t.dtype))
+                outputs.append(forward(x, t[start:stop]))
             return torch.cat(outputs)
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
@@ -273,14 +277,6 @@ def activation_bytes_per_image(
         for handle in handles:
             handle.remove()
     return max(total, x.numel() * x.element_size())
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 (else float16) autocast on CUDA when ``amp``; a no-op on CPU, where it is slow."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

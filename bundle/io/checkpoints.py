@@ -160,18 +160,6 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The network's state dict in a checkpoint file: a bare state dict (the shipped weights), or
-    the ``model`` entry of what training writes (``model.pt``, ``last.pt``); anything else is one
-    error line naming the file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if _is_state_dict(checkpoint):
-        return checkpoint
-    if isinstance(checkpoint, dict) and _is_state_dict(checkpoint.get("model")):
-        return checkpoint["model"]
-    raise DatasetError(f"checkpoint {path} holds neither a state dict nor a 'model' state dict")
-
-
 def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3) -> list[str]:
     """Raise DatasetError, one line naming the file and what is wrong, unless the checkpoint
     reads, holds for every network of ``load_dict`` parameters of the same names and shapes
@@ -233,3 +221,13 @@ class CheckpointLoader(MonaiCheckpointLoader):
         missing = check_checkpoint(self.load_path, self.load_dict)
         self.load_dict = {k: v for k, v in self.load_dict.items() if k not in missing}
         super().attach(engine)
+
+
+def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a checkpoint's weights into ``network`` (in eval mode) for scripts that run it
+    outside a workflow: a bare state dict (the demo weights) or a training checkpoint
+    ``{"model": state_dict, "settings": ...}``, checked first by :func:`check_checkpoint`."""
+    check_checkpoint(path, {"model": network})
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint if _is_state_dict(checkpoint) else checkpoint["model"])
+    return network.eval()
