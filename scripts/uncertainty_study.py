@@ -60,16 +60,21 @@ COLUMNS = (
 
 
 def held_out_slices(
-    dataset_dir: str, split_file: str | None, sides: Sequence[str], slice_stride: int
+    dataset_dir: str,
+    split_file: str | None,
+    sides: Sequence[str],
+    slice_stride: int,
+    overrides: dict | None = None,
 ) -> list[dict]:
     """Every ``slice_stride``-th brain slice of each case of ``sides``, in the network's grid,
     through the training config's own loading transforms: image (S, 4, H, W), label (S, C, H,
-    W), brain (S, H, W) and the indices of the slices with tumour."""
-    parser = load_config("train.yaml", {"dataset_dir": dataset_dir, "split_file": split_file})
+    W), brain (S, H, W), the indices of the slices with tumour and the side it comes from."""
+    settings = {**(overrides or {}), "dataset_dir": dataset_dir, "split_file": split_file}
+    parser = load_config("train.yaml", settings)
     datalist = build_datalist(dataset_dir, validate=False, split_file=split_file)
     loader = Compose(parser.get_parsed_content("load_transforms"))
     cases = []
-    for case in [c for side in sides for c in datalist[side]]:
+    for side, case in [(name, c) for name in sides for c in datalist[name]]:
         item = loader(dict(case))
         image, label = item["image"].movedim(-1, 0), item["label"].movedim(-1, 0)
         brain = (image.abs() > 0).any(1)
@@ -78,6 +83,7 @@ def held_out_slices(
         cases.append(
             {
                 "case_id": case["case_id"],
+                "side": side,
                 "image": image[picks],
                 "label": label[picks].numpy() > 0,
                 "brain": brain[picks].numpy(),
@@ -87,13 +93,14 @@ def held_out_slices(
     return cases
 
 
-def load_model(ckpt_path: str) -> tuple[torch.nn.Module, object]:
-    """The network and noise scheduler the checkpoint was trained with, from inference.yaml and
-    the settings stored in the checkpoint (prediction type, variance type)."""
+def load_model(ckpt_path: str, overrides: dict | None = None) -> tuple[torch.nn.Module, object]:
+    """The network and noise scheduler the checkpoint was trained with, from inference.yaml with
+    ``overrides`` and the settings stored in the checkpoint (prediction type, variance type)."""
     stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)["settings"]["scheduler"]
     parser = load_config(
         "inference.yaml",
         {
+            **(overrides or {}),
             "prediction_type": stored["prediction_type"],
             "learn_sigma": stored["variance_type"] == "learned_range",
         },
@@ -159,9 +166,9 @@ def choose(
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Means over cases per model, setting and ensemble size, and the case score's Spearman
-    correlation with Dice across the cases."""
-    keys = ("model", "sampler", "steps", "eta", "samples", "k")
+    """Means over the cases of each side per model, setting and ensemble size, and the case
+    score's Spearman correlation with Dice across those cases."""
+    keys = ("side", "model", "sampler", "steps", "eta", "samples", "k")
     summary = []
     for group_key in dict.fromkeys(tuple(r[k] for k in keys) for r in rows):
         group = [r for r in rows if tuple(r[k] for k in keys) == group_key]
@@ -181,11 +188,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(summary: list[dict], sizes: Sequence[int]) -> str:
     """One line per model and setting at the ensemble sizes shown, with one-sample Dice."""
     lines = [
-        "| model | sampler | steps | eta | samples | k | Dice | 1-sample Dice | AUROC "
+        "| side | model | sampler | steps | eta | samples | k | Dice | 1-sample Dice | AUROC "
         "| errors with var | UEO | ECE | QU-BraTS | case score | Spearman | s per slice |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    setting = ("model", "sampler", "steps", "eta", "samples")
+    setting = ("side", "model", "sampler", "steps", "eta", "samples")
     single = {tuple(s[k] for k in setting): s for s in summary if s["k"] == 1}
     for s in summary:
         if s["k"] not in sizes:
@@ -194,16 +201,17 @@ def markdown(summary: list[dict], sizes: Sequence[int]) -> str:
         cells = [f"{s[c]:.4f}" if c == "ece" else f"{s[c]:.3f}" for c in COLUMNS]
         dice, rest = cells[0], cells[1:]
         lines.append(
-            f"| {s['model']} | {s['sampler']} | {s['steps']} | {s['eta']} | {s['samples']} "
-            f"| {s['k']} | {dice} "
+            f"| {s['side']} | {s['model']} | {s['sampler']} | {s['steps']} | {s['eta']} "
+            f"| {s['samples']} | {s['k']} | {dice} "
             f"| {one:.3f} | {' | '.join(rest)} | {s['spearman']:.2f} | {s['seconds']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], output: Path) -> list[Path]:
-    """Dice and AUROC against steps (5 samples), and against ensemble size (each model's
-    default-like DDIM settings), and the Dice-AUROC trade-off of every setting."""
+def plot(summary: list[dict], output: Path, side: str) -> list[Path]:
+    """For the cases of one side of the split: Dice and AUROC against steps (5 samples), and
+    against ensemble size (each model's DDIM settings), and the Dice-AUROC trade-off of every
+    setting."""
     paths = []
     ddim = [s for s in summary if s["sampler"] == "ddim"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -225,9 +233,9 @@ def plot(summary: list[dict], output: Path) -> list[Path]:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle("held-out real BraTS 2018 cases")
+    fig.suptitle(f"{side} cases: real BraTS 2018, never trained on")
     fig.tight_layout()
-    paths.append(output / "steps.png")
+    paths.append(output / f"{side}_steps.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
 
@@ -247,9 +255,9 @@ def plot(summary: list[dict], output: Path) -> list[Path]:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=6)
-    fig.suptitle("held-out real BraTS 2018 cases")
+    fig.suptitle(f"{side} cases: real BraTS 2018, never trained on")
     fig.tight_layout()
-    paths.append(output / "ensemble_size.png")
+    paths.append(output / f"{side}_ensemble_size.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
 
@@ -265,9 +273,9 @@ def plot(summary: list[dict], output: Path) -> list[Path]:
     ax.set_ylabel("Dice (5 samples)")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("Dice against uncertainty, held-out real cases")
+    ax.set_title(f"Dice against uncertainty, {side} cases")
     fig.tight_layout()
-    paths.append(output / "tradeoff.png")
+    paths.append(output / f"{side}_tradeoff.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     return paths
@@ -286,11 +294,14 @@ def study(
     ddpm_slices: int = 2,
     seed: int = 0,
     sizes: Sequence[int] = (1, 2, 5, 10, 16),
+    overrides: dict | None = None,
 ) -> dict:
-    """Run the study; returns the setting :func:`choose` picks."""
+    """Run the study; returns the setting :func:`choose` picks. ``overrides`` are config keys
+    (as on the bundle's command line) for the loading transforms and the network, such as
+    ``image_size`` or ``network_def#channels`` when the models were trained with them."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    cases = held_out_slices(dataset_dir, split_file, sides, slice_stride)
+    cases = held_out_slices(dataset_dir, split_file, sides, slice_stride, overrides)
     print(
         f"{len(cases)} cases, {sum(len(c['image']) for c in cases)} slices, "
         f"{torch.get_num_threads()} threads",
@@ -301,7 +312,7 @@ def study(
     shown = min(ENSEMBLE, num_samples)
     rows = []
     for model, ckpt in models.items():
-        network, scheduler = load_model(ckpt)
+        network, scheduler = load_model(ckpt, overrides)
         for sampler, k, eta in settings:
             took, slices, case_rows = 0.0, 0, []
             for case in cases:
@@ -315,16 +326,23 @@ def study(
                     for size in range(1, num_samples + 1):
                         metrics = score(drawn[:size], case["label"][picks], case["brain"][picks])
                         case_rows.append(
-                            {"case": case["case_id"], "samples": form, "k": size, **metrics}
+                            {
+                                "side": case["side"],
+                                "case": case["case_id"],
+                                "samples": form,
+                                "k": size,
+                                **metrics,
+                            }
                         )
             seconds = took / slices
             setting = {"model": model, "sampler": sampler, "steps": k, "eta": eta}
             rows += [{**setting, "seconds": seconds, **r} for r in case_rows]
-            latest = [r for r in rows if r["model"] == model and r["k"] == shown]
-            for five in summarise(latest)[-len(SAMPLE_FORMS) :]:
+            latest = [{**setting, "seconds": seconds, **r} for r in case_rows if r["k"] == shown]
+            for five in summarise(latest):
                 print(
-                    f"{model} {sampler} {k} eta {eta} {five['samples']}: Dice {five['dice']:.3f}"
-                    f", AUROC {five['auroc']:.3f}, case score {five['case_uncertainty']:.3f}, "
+                    f"{five['side']} {model} {sampler} {k} eta {eta} {five['samples']}: "
+                    f"Dice {five['dice']:.3f}, AUROC {five['auroc']:.3f}, "
+                    f"case score {five['case_uncertainty']:.3f}, "
                     f"{seconds:.3f} s per slice",
                     flush=True,
                 )
@@ -333,15 +351,17 @@ def study(
         writer.writeheader()
         writer.writerows(rows)
     summary = summarise(rows)
-    chosen = choose([s for s in summary if s["sampler"] == "ddim"], shown)
+    tuning = "validation" if "validation" in sides else sides[0]
+    chosen = choose([s for s in summary if (s["sampler"], s["side"]) == ("ddim", tuning)], shown)
     report = markdown(summary, sizes)
     report += (
-        f"\nChosen by the rule: {chosen['model']}, {chosen['sampler']} {chosen['steps']} steps, "
-        f"eta {chosen['eta']}, {chosen['samples']} samples (Dice {chosen['dice']:.3f}, AUROC "
-        f"{chosen['auroc']:.3f}).\n"
+        f"\nChosen by the rule on the {tuning} cases: {chosen['model']}, {chosen['sampler']} "
+        f"{chosen['steps']} steps, eta {chosen['eta']}, {chosen['samples']} samples "
+        f"(Dice {chosen['dice']:.3f}, AUROC {chosen['auroc']:.3f}).\n"
     )
     (out / "study.md").write_text(report)
-    plot(summary, out)
+    for side in sides:
+        plot([s for s in summary if s["side"] == side], out, side)
     print(report)
     return chosen
 

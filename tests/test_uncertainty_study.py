@@ -1,0 +1,64 @@
+"""The uncertainty study (scripts/uncertainty_study.py) scores every setting on each side of the
+split apart and picks the default by its stated rule from the validation cases only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+from scripts.uncertainty_study import choose
+from tests.bundle_cli import BUNDLE_ENV, TINY_DIFFUSION_NET, TINY_INFERENCE, tiny_weights
+from tests.conftest import REPO
+
+
+def entry(steps: int, dice: float, auroc: float) -> dict:
+    return {"k": 5, "steps": steps, "dice": dice, "auroc": auroc}
+
+
+def test_the_rule_takes_the_fewest_steps_close_to_the_best_dice_with_enough_auroc():
+    summary = [entry(1, 0.90, 0.95), entry(2, 0.953, 0.85), entry(5, 0.955, 0.91)]
+    summary += [entry(10, 0.956, 0.93), {**entry(1, 0.99, 0.99), "k": 1}]
+    assert choose(summary)["steps"] == 5  # 2 steps lacks the AUROC, 1 step the Dice
+    summary[2]["auroc"] = 0.80
+    assert choose(summary)["steps"] == 10
+    summary[3]["auroc"] = 0.70  # none reaches 0.90: the highest AUROC within the Dice margin
+    assert choose(summary)["steps"] == 2
+
+
+def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, tmp_path):
+    dataset = small_datasets["brats2020"]
+    cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
+    split = tmp_path / "split.json"
+    split.write_text(
+        json.dumps({"training": cases[:1], "validation": cases[1:2], "testing": cases[2:]})
+    )
+    weights = tiny_weights(tmp_path / "model.pt", with_settings=True)
+    overrides = {**TINY_INFERENCE, **{k: eval(v) for k, v in TINY_DIFFUSION_NET.items()}}
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "scripts.uncertainty_study", "--dataset_dir", str(dataset)]
+    command += ["--models", json.dumps({"tiny": str(weights)}), "--split_file", str(split)]
+    command += ["--output", str(out), "--overrides", repr(overrides)]
+    command += ["--steps", "[1,2]", "--etas", "[1.0]", "--num_samples", "3", "--sizes", "[1,3]"]
+    command += ["--slice_stride", "6", "--ddpm_slices", "0"]
+    result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    with open(out / "study.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["side"], r["case"]) for r in rows} == {
+        ("validation", cases[1]),
+        ("testing", cases[2]),
+    }
+    assert {(r["steps"], r["samples"], r["k"]) for r in rows} == {
+        (steps, form, k) for steps in ("1", "2") for form in ("soft", "binary") for k in "123"
+    }
+    binary = [r for r in rows if r["samples"] == "binary" and r["k"] == "1"]
+    assert all(float(r["auroc"]) == 0.5 or r["auroc"] == "nan" for r in binary)  # no variance
+    report = (out / "study.md").read_text()
+    assert "Chosen by the rule on the validation cases: tiny, ddim" in report
+    assert report.count("| testing | tiny | ddim |") == 8  # 2 steps x 2 forms x sizes 1, 3
+    for side in ("validation", "testing"):
+        for figure in ("steps", "ensemble_size", "tradeoff"):
+            assert (out / f"{side}_{figure}.png").stat().st_size > 1000
