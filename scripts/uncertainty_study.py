@@ -1,6 +1,6 @@
 """What makes the implicit ensemble's samples disagree where the model is wrong? (issue 16)
 
-    python scripts/uncertainty_study.py --dataset_dir ../shared/data/brats18 \
+    python -m scripts.uncertainty_study --dataset_dir ../shared/data/brats18 \
         --split_file configs/brats18_split.json \
         --models "{'x0': 'runs/wt_x0/model.pt', 'epsilon': 'runs/wt_eps/model.pt'}" \
         --output docs/uncertainty

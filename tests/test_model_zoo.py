@@ -61,8 +61,7 @@ def test_torchscript_export_matches_the_eager_network(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
-    network = parser.get_parsed_content("network_def")
-    load_weights(network, REPO / "models" / "model.pt")
+    network = load_weights(parser.get_parsed_content("network_def"), REPO / "models" / "model.pt")
     scripted = torch.jit.load(str(path))
     # another batch size, height and width than the trace's, and several timesteps
     x = torch.randn(3, network.in_channels, 24, 16, generator=torch.Generator().manual_seed(0))

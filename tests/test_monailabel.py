@@ -3,96 +3,45 @@ on a copy of the bundle folder, with each case one 4-D NIfTI as MONAI Label's da
 
 from __future__ import annotations
 
-import ast
 import importlib.util
-import shutil
+import json
 import sys
-import types
 from pathlib import Path
 
+import monai.bundle
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.bundle_cli import TINY_DIFFUSION_NET
-from tests.conftest import REPO
-from tests.test_inference import tiny_weights
+from scripts.stack_modalities import stack_modalities
+from tests.monailabel_app import (
+    MODEL,
+    make_app_bundle,
+    model_weights,
+    write_torchvision_stand_in,
+)
 
 pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")  # the metadata's channel_def, the 4-D image's order
-SMALL = {"image_size": 64, "prediction_type": "epsilon", "num_samples": 2, "sampling_steps": 2}
-SMALL_TRAINING = {"image_size": 64, "slices_per_volume": 2, "batch_size": 2}
-
-
-def _stand_in_torchvision() -> dict[str, types.ModuleType]:
-    """``monailabel/transform/post.py`` imports ``torchvision.utils`` (``make_grid``,
-    ``save_image``) at module level for 2-D image outputs that no bundle task calls; the only
-    torchvision wheels for our torch are CUDA builds that break CPU torch on import. This stand-in
-    lets the import succeed and fails loudly if either function is ever called."""
-
-    def unavailable(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("torchvision stand-in: not installed in the test environment")
-
-    utils = types.ModuleType("torchvision.utils")
-    utils.make_grid = utils.save_image = unavailable
-    package = types.ModuleType("torchvision")
-    package.utils = utils
-    return {"torchvision": package, "torchvision.utils": utils}
-
 
 @pytest.fixture(scope="module")
-def monailabel():
+def monailabel(tmp_path_factory: pytest.TempPathFactory):
     """MONAI Label importable (the README's test command installs it with --no-deps, from
     requirements-monailabel.txt), with the torchvision stand-in when torchvision is missing."""
+    stand_in = importlib.util.find_spec("torchvision") is None
     with pytest.MonkeyPatch.context() as patch:
-        if importlib.util.find_spec("torchvision") is None:
-            for name, module in _stand_in_torchvision().items():
-                patch.setitem(sys.modules, name, module)
+        if stand_in:
+            patch.syspath_prepend(str(write_torchvision_stand_in(tmp_path_factory.mktemp("tv"))))
         yield
-
-
-def _set(config: Path, values: dict[str, object]) -> None:
-    """Rewrite a YAML config with some keys (``a#b`` for nested ones) set."""
-    data = yaml.safe_load(config.read_text())
-    for key, value in values.items():
-        *parents, last = key.split("#")
-        node = data
-        for parent in parents:
-            node = node[parent]
-        node[last] = value
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    if stand_in:  # gone with the module: later tests (the server's) find no torchvision
+        for name in ("torchvision.utils", "torchvision"):
+            sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="module")
 def app_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle folder as a MONAI Label app holds it, with the tiny test network: MONAI Label
-    reads the configs as they are, so the test sizes are written into copies of them."""
-    root = tmp_path_factory.mktemp("monaibundle") / "brats_diffusion"
-    shutil.copytree(REPO / "configs", root / "configs")
-    shutil.copytree(REPO / "bundle", root / "bundle", ignore=shutil.ignore_patterns("__pycache__"))
-    tiny = {key: ast.literal_eval(value) for key, value in TINY_DIFFUSION_NET.items()}
-    _set(root / "configs" / "inference.yaml", {**tiny, **SMALL})
-    _set(root / "configs" / "train.yaml", {**tiny, **SMALL_TRAINING})
-    (root / "models").mkdir()
-    tiny_weights(root / "models" / "model.pt")
-    return root
-
-
-def stack_case(case_dir: Path, image: Path, label: Path | None = None) -> None:
-    """One BraTS 2020 case folder as a 4-D image (t1, t1ce, t2, flair) and its label file."""
-    first = nib.load(str(case_dir / f"{case_dir.name}_t1.nii.gz"))
-    volumes = [
-        np.asanyarray(nib.load(str(case_dir / f"{case_dir.name}_{m}.nii.gz")).dataobj)
-        for m in MODALITIES
-    ]
-    image.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.stack(volumes, axis=-1), first.affine), str(image))
-    if label is not None:
-        label.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(case_dir / f"{case_dir.name}_seg.nii.gz", label)
+    return make_app_bundle(tmp_path_factory.mktemp("monaibundle") / MODEL)
 
 
 def _cases(dataset: Path) -> list[Path]:
@@ -106,11 +55,12 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     from monailabel.tasks.infer.bundle import BundleInferTask
 
     case = _cases(small_datasets["brats2020"])[0]
-    image = tmp_path / f"{case.name}.nii.gz"
-    stack_case(case, image)
+    [image] = stack_modalities(str(case), str(tmp_path))  # MONAI Label's 4-D input
     task = BundleInferTask(str(app_bundle), {})
     assert task.is_valid()
     assert task.labels == {"whole tumour": 1}  # from the metadata's pred channel_def
+    # the ensemble's size and steps are options of each request (displayable_configs)
+    assert {"num_samples": 2, "sampling_steps": 2}.items() <= task.config().items()
 
     after_post = {}
 
@@ -118,9 +68,10 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
         after_post.update(data)
         return data
 
-    label_file, result = task(
-        {"image": str(image), "device": "cpu"}, callbacks={CallBackTypes.POST_TRANSFORMS: keep}
-    )
+    request = {"image": str(image), "device": "cpu", "num_samples": 3, "sampling_steps": 4}
+    label_file, result = task(request, callbacks={CallBackTypes.POST_TRANSFORMS: keep})
+    inferer = task.bundle_config.get_parsed_content("inferer")
+    assert (inferer.num_samples, len(inferer.sampler.timesteps)) == (3, 4)  # the request's
     reference = nib.load(str(image))
     label = nib.load(label_file)
     seg = np.asanyarray(label.dataobj)
@@ -137,23 +88,63 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     assert not (app_bundle / "outputs").exists()  # the bundle's own file writing stays off
 
 
-def test_train_task_runs_an_epoch_on_4d_cases(monailabel, app_bundle, small_datasets, tmp_path):
+def test_infer_task_on_the_stacked_file_equals_inference_on_the_separate_files(
+    monailabel, small_datasets, tmp_path
+):
+    """scripts/stack_modalities.py's 4-D file through MONAI Label's BundleInferTask gives the
+    segmentation `monai.bundle run inference` writes from the four separate files."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = make_app_bundle(tmp_path / MODEL)
+    case = _cases(small_datasets["brats2020"])[0]
+    [image] = stack_modalities(str(case), str(tmp_path / "studies"))
+    label_file, _ = BundleInferTask(str(bundle), {})({"image": str(image), "device": "cpu"})
+    out = tmp_path / "out"
+    monai.bundle.run(
+        "inference",
+        config_file=str(bundle / "configs" / "inference.yaml"),
+        bundle_root=str(bundle),
+        dataset_dir=str(case),
+        output_dir=str(out),
+        device="cpu",
+        quicklook=False,
+    )
+    separate = nib.load(str(out / f"{case.name}_seg.nii.gz"))
+    stacked = nib.load(label_file)
+    np.testing.assert_allclose(stacked.affine, separate.affine, atol=1e-4)
+    seg = np.asanyarray(separate.dataobj)
+    assert 0 < seg.sum() < seg.size  # a segmentation to compare, neither empty nor full
+    np.testing.assert_array_equal(np.asanyarray(stacked.dataobj), seg)
+
+
+def test_each_train_request_trains_the_current_model_and_reports(
+    monailabel, app_bundle, small_datasets, tmp_path
+):
+    """Two identical requests of one epoch (fewer than val_interval): each trains a fresh run
+    of the requested epochs from the current model.pt, validates, replaces model.pt and writes
+    its report; the second is no no-op resume of the first's last.pt."""
     from monailabel.datastore.local import LocalDatastore
     from monailabel.tasks.train.bundle import BundleTrainTask
 
     store = tmp_path / "datastore"
-    for case in _cases(small_datasets["brats2020"])[:2]:
-        name = f"{case.name}.nii.gz"
-        stack_case(case, store / name, store / "labels" / "final" / name)
+    stack_modalities(str(small_datasets["brats2020"]), str(store))  # images and final labels
     models = app_bundle / "models"
-    start = torch.load(models / "model.pt", weights_only=True)
     task = BundleTrainTask(str(app_bundle), {})
     assert task.is_valid()
-    request = {"model": "brats_diffusion", "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
-    task(request, LocalDatastore(str(store), extensions=("*.nii.gz",)))
-    state = torch.load(models / "last.pt", weights_only=True)
-    trainer = state["trainer"]  # ignite keeps the iteration: one epoch is epoch_length of them
-    assert trainer["max_epochs"] == 1 and trainer["iteration"] == trainer["epoch_length"] > 0
-    # it started from the shipped weights (MONAI Label's CheckpointLoader) and changed them
-    assert state["model"].keys() == start.keys()
-    assert any(not torch.equal(state["model"][k], start[k]) for k in start)
+    request = {"model": MODEL, "max_epochs": 1, "val_split": 0.5, "device": "cpu"}
+    current = model_weights(app_bundle)
+    for _ in range(2):
+        task(dict(request), LocalDatastore(str(store), extensions=("*.nii.gz",)))
+        trainer = torch.load(models / "last.pt", weights_only=True)["trainer"]
+        assert trainer["iteration"] == trainer["epoch_length"] > 0  # one epoch, from epoch 0
+        stats = json.loads((models / "train_stats.json").read_text())
+        assert stats["epoch"] == stats["epochs_run"] == 1
+        assert stats["iterations_run"] == trainer["epoch_length"]
+        assert stats["eval"]["key_metric_name"] == "val_mean_dice"
+        assert stats["model_updated"] and stats["best_metric"] is not None
+        trained = model_weights(app_bundle)
+        assert trained.keys() == current.keys()
+        changes = [float((trained[k] - current[k]).abs().max()) for k in current]
+        # trained on from model.pt (MONAI Label's CheckpointLoader), not from a new network
+        assert 0 < max(changes) < 0.05, max(changes)
+        current = trained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -12,6 +13,7 @@ from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.diffusion.ema import WeightAverage
+from bundle.workflow.configs import load_config
 from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
 from tests.conftest import SMALL_SHAPE
 
@@ -67,6 +69,15 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     assert resumed["trainer"]["iteration"] == iterations + 2 * per_epoch
     assert len(losses(ckpt / "runs")) == 2 * per_epoch  # only the new iterations ran
     assert any(not torch.equal(weights[k], resumed["model"][k]) for k in weights)
+    # fewer epochs than val_interval still validate once, at the end, and the run reports
+    assert "training report: trained epochs 13-14" in second.stdout + second.stderr
+    stats = json.loads((ckpt / "train_stats.json").read_text())
+    assert stats["epochs_run"] == 2 and stats["eval"]["best_metric_epoch"] == 14
+
+    # the same command once more: nothing left to train, and it says so
+    third = bundle_run("training", ["train.yaml"], {**overrides, "epochs": 14, "val_interval": 100})
+    assert_ok(third)
+    assert "trained nothing: the run was already at epoch 14 of 14" in third.stdout + third.stderr
 
 
 @pytest.mark.slow
@@ -149,3 +160,17 @@ def test_weight_average_follows_the_network():
     assert average.model.weight.item() != pytest.approx(8.0)
     off = WeightAverage(network)
     assert off.model is network and off.save_dict == {}
+
+
+@pytest.mark.parametrize(("warmup", "after_steps"), [(100, [0.01, 0.0199, 0.0298]), (0, [1, 1, 1])])
+def test_learning_rate_warm_up_or_none(warmup, after_steps):
+    """The rate rises linearly from 1% over warmup_iterations; with none it is the full rate
+    throughout (LinearLR alone would keep a start factor for ever when total_iters is 0)."""
+    parser = load_config("train.yaml", {"warmup_iterations": warmup})
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    rates = []
+    for _ in after_steps:
+        rates.append(scheduler.optimizer.param_groups[0]["lr"] / parser["learning_rate"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx(after_steps)

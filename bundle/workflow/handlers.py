@@ -1,8 +1,10 @@
 """Ignite handlers the workflows need: checked checkpoint loading, a resumable checkpoint that
-keeps the last good state, a NaN-loss stop, a time limit and a progress bar."""
+keeps the last good state, validation that runs at least once, a report of what a training run
+did, a NaN-loss stop, a time limit and a progress bar."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -15,8 +17,9 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
+from monai.handlers import ValidationHandler
 
-from bundle.io.atomic import remove_stale_temporaries
+from bundle.io.atomic import atomic_path, remove_stale_temporaries
 from bundle.io.checkpoints import (
     CheckpointLoader,
     atomic_torch_save,
@@ -43,11 +46,13 @@ class ResumableCheckpoint:
 
     Saves ``save_dict`` (network, optimizer, lr scheduler, ...) and the engine it is attached to
     (under ``"trainer"``: its epoch and iteration) to ``save_dir/filename`` every ``interval``
-    iterations, at the end of every epoch and when the run is terminated (time limit, NaN loss),
-    through an atomic rename, and never with non-finite weights, so the file always holds the
-    last good state. If the file exists (and ``resume`` is true) it is checked and loaded when
-    the run starts, and the log says from which iteration and weights training continues;
-    hidden temporaries that a save killed midway left are deleted then.
+    iterations, at the end of every epoch and when the run ends (also when it is terminated: time
+    limit, NaN loss), through an atomic rename, and never with non-finite weights, so the file
+    always holds the last good state. If the file exists and ``resume`` is true it is checked
+    and loaded when the run starts, and the log says from which iteration and weights training
+    continues; with ``resume`` false the run starts at epoch 0 from the weights the network has
+    (MONAI Label's requests: it loads ``model.pt`` itself). Hidden temporaries that a save
+    killed midway left are deleted when the run starts.
     """
 
     def __init__(
@@ -74,10 +79,11 @@ class ResumableCheckpoint:
         engine.add_event_handler(Events.STARTED, self._save_after_epochs)
 
     def _save_after_epochs(self, engine: Engine) -> None:
-        """Registered once the run starts, so that the end-of-epoch save comes after every other
-        handler of that event, validation included: the saved state holds its best score."""
+        """Registered once the run starts, so that the end-of-epoch and end-of-run saves come
+        after every other handler of those events, validation included: the saved state holds
+        its best score."""
         if not engine.has_event_handler(self.save, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED | Events.TERMINATE, self.save)
+            engine.add_event_handler(Events.EPOCH_COMPLETED | Events.COMPLETED, self.save)
 
     def _resumed(self, engine: Engine) -> None:
         weights = ", ".join(
@@ -154,6 +160,131 @@ class BestModelSaver:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best")
+
+
+class Validation(ValidationHandler):
+    """MONAI's ValidationHandler (every ``interval`` epochs), and once more when a run ends on an
+    epoch it did not validate, so that every run validates at least once: a run of fewer epochs
+    than ``interval`` (a MONAI Label training request of one epoch) still scores its model,
+    saves it as ``model.pt`` when better and reports the score. A run stopped early (time limit,
+    NaN loss) ends without the extra validation; rerunning it resumes."""
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        self._pending = False
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._note_epoch)
+        engine.add_event_handler(Events.COMPLETED, self._validate_at_end)
+
+    def _note_epoch(self, engine: Engine) -> None:
+        self._pending = engine.state.epoch % self.interval != 0
+
+    def _validate_at_end(self, engine: Engine) -> None:
+        if self._pending and not engine.should_terminate:
+            self._pending = False
+            self(engine)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class TrainingReport:
+    """Say what a training run did, in one log line and in a JSON file (``path``): the epochs and
+    iterations it ran (and whether it was stopped early), its last loss, the metrics of its last
+    validation, the best score and whether ``model.pt`` was replaced. A run that trained nothing
+    (a resumed run already at its last epoch) says so as a warning. MONAI Label shows the line
+    in a training request's status (``GET /train/``); the file keeps the keys of MONAI Label's
+    own ``train_stats`` (``epoch``, ``start_ts``, ``total_time``, ``best_metric``, ``eval``)
+    beside ours.
+
+    Args:
+        path: the JSON file, written atomically (under DDP by rank 0).
+        evaluator: the validation engine.
+        best_model: the :class:`BestModelSaver` of ``model.pt``.
+        output_transform: the loss from the trainer's output.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        evaluator: Engine,
+        best_model: BestModelSaver,
+        output_transform: Callable[[Any], Any],
+    ) -> None:
+        self.path = Path(path)
+        self.evaluator = evaluator
+        self.best_model = best_model
+        self.output_transform = output_transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+
+    def _started(self, engine: Engine) -> None:
+        """After any resume (loaded on STARTED by handlers attached earlier); the report itself
+        is registered now, so that it comes after every other end-of-run handler."""
+        self._start = time.time()
+        self._first_epoch, self._first_iteration = engine.state.epoch, engine.state.iteration
+        self._best_before = self.best_model.best
+        if not engine.has_event_handler(self.report, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self.report)
+
+    def stats(self, engine: Engine) -> dict[str, Any]:
+        state, evaluated = engine.state, self.evaluator.state
+        output = state.output
+        validated = bool(evaluated.metrics)
+        return {
+            "epoch": state.epoch,
+            "epochs_run": state.epoch - self._first_epoch,
+            "iterations_run": state.iteration - self._first_iteration,
+            "start_ts": int(self._start),
+            "total_time": round(time.time() - self._start, 1),
+            "train_loss": None if output is None else _number(self.output_transform(output)),
+            "best_metric": self.best_model.best,
+            "model_updated": self.best_model.best != self._best_before,
+            "stopped_early": bool(engine.should_terminate),  # time limit, NaN loss
+            "eval": {
+                "metrics": {k: _number(v) for k, v in evaluated.metrics.items()},
+                "key_metric_name": evaluated.key_metric_name,
+                "best_metric": _number(evaluated.best_metric),
+                "best_metric_epoch": evaluated.best_metric_epoch,
+            }
+            if validated
+            else None,
+        }
+
+    def report(self, engine: Engine) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        stats = self.stats(engine)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(stats, indent=2))
+        if stats["epochs_run"] == 0:
+            logger.warning(
+                f"trained nothing: the run was already at epoch {stats['epoch']} of "
+                f"{engine.state.max_epochs} (raise the epochs to continue it); {self.path}"
+            )
+            return
+        loss = stats["train_loss"]
+        parts = [
+            f"trained epochs {self._first_epoch + 1}-{stats['epoch']} "
+            f"({stats['iterations_run']} iterations, {stats['total_time']:.0f} s"
+            + (", stopped early)" if stats["stopped_early"] else ")")
+            + ("" if loss is None else f", last loss {loss:.4g}")
+        ]
+        if stats["eval"] is None:
+            parts.append("not validated")
+        else:
+            metrics = [f"{k} {v:.4g}" for k, v in stats["eval"]["metrics"].items() if v is not None]
+            parts.append("validation: " + ", ".join(metrics))
+        best = self.best_model.best
+        saved = "replaced" if stats["model_updated"] else "kept"
+        parts.append(
+            f"{self.best_model.path.name} {saved}" + ("" if best is None else f" (best {best:.4g})")
+        )
+        logger.info(f"training report: {'; '.join(parts)}; {self.path}")
 
 
 class StopOnNonFiniteLoss:

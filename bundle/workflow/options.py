@@ -29,6 +29,14 @@ def flag(value: bool | str | int | None) -> bool:
     return bool(value)
 
 
+def started_by_monailabel() -> bool:
+    """Whether MONAI Label runs this training: its BundleTrainTask runs the bundle's ``run`` in
+    a Python process that imported ``monailabel`` (its training subprocess, or the caller's own
+    process), and passes no setting the config could read instead. (Its multi-GPU route starts
+    ``torchrun`` on a config it writes; there the command-line default applies.)"""
+    return "monailabel" in sys.modules
+
+
 def dataset_error(err: BaseException | None) -> DatasetError | None:
     """The DatasetError an exception is, or was raised from (MONAI's config machinery wraps
     errors in two RuntimeErrors of its own)."""
