@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from scripts.uncertainty_study import choose
 from tests.bundle_cli import BUNDLE_ENV, TINY_DIFFUSION_NET, TINY_INFERENCE, tiny_weights
 from tests.conftest import REPO
@@ -27,6 +29,7 @@ def test_the_rule_takes_the_fewest_steps_close_to_the_best_dice_with_enough_auro
     assert choose(summary)["steps"] == 2
 
 
+@pytest.mark.slow
 def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, tmp_path):
     dataset = small_datasets["brats2020"]
     cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
