@@ -20,6 +20,9 @@ SUB_REGIONS: tuple[str, ...] = ("necrosis", "edema", "enhancing")
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
+SPLITS: tuple[str, ...] = ("training", "validation", "testing")
+"""The sides of a datalist: training, validation (model selection) and testing (held out)."""
+
 
 class DatasetError(ValueError):
     """A dataset folder, case or file that the bundle cannot use; the message names it."""
