@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from bundle.io.checkpoints import state_digest
+from bundle.io.outputs import output_path
 from scripts.robustness_table import ACCEPTED, CORRUPTIONS, case_messages, corrupted_dataset, table
 from tests.bundle_cli import (
     BUNDLE_ENV,
@@ -92,7 +93,7 @@ def test_inference_skips_every_corrupted_case_and_writes_the_good_one(corrupted,
     assert f"{len(bad)} case(s) failed: " in log
     written = {p.name for p in out.iterdir()}
     accepted = [good, *(c.name for c in CORRUPTIONS if c.accepted)]
-    assert {f"{case}_seg.nii.gz" for case in accepted} <= written
+    assert {output_path(out, case, "pred").name for case in accepted} <= written
     assert not any(name.startswith(f"{case}_") for case in bad for name in written)
 
 
@@ -243,12 +244,13 @@ def test_inference_killed_with_sigkill_leaves_only_complete_files(small_datasets
     overrides = inference_overrides(dataset, out, weights, num_samples=2, quicklook="false")
     command = bundle_command("inference", ["inference.yaml"], overrides)
     process = subprocess.Popen(command, cwd=REPO, env=BUNDLE_ENV, stderr=subprocess.PIPE, text=True)
-    killed_after(process, lambda: (out / f"{cases[0]}_seg.nii.gz").is_file())
+    killed_after(process, lambda: output_path(out, cases[0], "pred").is_file())
 
     visible = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert visible and all(complete(p) for p in visible)  # no partial file under a real name
-    assert not (out / f"{cases[-1]}_seg.nii.gz").exists()
-    stale = out / f".tmp-{process.pid}-{cases[-1]}_mean.nii.gz"  # a kill during a write
+    assert not output_path(out, cases[-1], "pred").exists()
+    mean = output_path(out, cases[-1], "mean")
+    stale = mean.with_name(f".tmp-{process.pid}-{mean.name}")  # what a kill during a write leaves
     stale.write_bytes(b"half a NIfTI")
 
     result = infer(dataset, out, weights, num_samples=2, quicklook="false")
@@ -256,5 +258,5 @@ def test_inference_killed_with_sigkill_leaves_only_complete_files(small_datasets
     assert f"{cases[0]}: outputs exist" in result.stdout + result.stderr
     assert not stale.exists() and not any(p.name.startswith(".") for p in out.iterdir())
     for case in cases:
-        for name in ("mean", "var", "seg"):
-            assert complete(out / f"{case}_{name}.nii.gz")
+        for key in ("mean", "variance", "pred"):
+            assert complete(output_path(out, case, key))

@@ -10,6 +10,7 @@ import sys
 import nibabel as nib
 import numpy as np
 
+from bundle.io.outputs import output_path
 from scripts.segment import segment
 from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
@@ -40,11 +41,11 @@ def test_segment_one_case_from_four_files(small_datasets, tmp_path):
     name = entry["case_id"]
     assert name == "scan T1"  # after the t1 file
     reference = nib.load(str(files["t1"]))
-    for postfix in ("mean", "var", "seg"):
-        image = nib.load(str(out / f"{name}_{postfix}.nii.gz"))
+    for key in ("mean", "variance", "pred"):
+        image = nib.load(str(output_path(out, name, key)))
         assert image.shape == reference.shape
         np.testing.assert_allclose(image.affine, reference.affine, atol=1e-4)
-    assert (out / f"{name}.seg.nrrd").is_file()
+    assert output_path(out, name, "seg_nrrd").is_file()
 
 
 def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):

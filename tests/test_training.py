@@ -12,6 +12,7 @@ from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.diffusion.ema import WeightAverage
+from bundle.io.outputs import output_path
 from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
 from tests.conftest import SMALL_SHAPE
 
@@ -125,7 +126,7 @@ def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
         case, tmp_path / "out", ckpt / "model.pt", learn_sigma=True, num_samples=2, quicklook=False
     )
     assert_ok(result)
-    mean = nib.load(tmp_path / "out" / f"{case.name}_mean.nii.gz").get_fdata()
+    mean = nib.load(output_path(tmp_path / "out", case.name, "mean")).get_fdata()
     assert mean.shape == SMALL_SHAPE and 0 <= mean.min() <= mean.max() <= 1
 
 

@@ -253,7 +253,7 @@ def patient_id(case: dict) -> str:
 def case_id_from_path(path: str | Path) -> str:
     """The case id of an image file: the file stem less a layout's modality suffix.
 
-    Used to name outputs ``{case}_mean.nii.gz`` rather than after the t1 file.
+    Used to name outputs after the case (``bundle.io.outputs.OUTPUT_NAMES``), not its t1 file.
     """
     stem = _nifti_stem(Path(path)) or Path(path).stem
     for layout in SEPARATE_FILE_LAYOUTS:
@@ -262,8 +262,3 @@ def case_id_from_path(path: str | Path) -> str:
             if stem.endswith(ending) and Path(path).parent.name == stem[: -len(ending)]:
                 return stem[: -len(ending)]
     return stem
-
-
-def output_name_formatter(metadict: dict, saver: object) -> dict:
-    """``SaveImaged`` name formatter: outputs are named after the case, not its first file."""
-    return {"subject": case_id_from_path(metadict["filename_or_obj"]), "idx": None}

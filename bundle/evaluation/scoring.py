@@ -10,6 +10,7 @@ ensembles' variance and mean maps on the brain's voxels (:mod:`bundle.evaluation
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -61,6 +62,35 @@ def check_case(case: dict, predictions: str | Path, regions: str = "wt") -> None
             check_geometry(case_id, path, image, label_path, label)
             if key in ("mean", "variance"):
                 _check_channels(case_id, image.shape, path, regions)
+    if output_path(predictions, case_id, "samples").is_file():
+        _check_samples_match(case_id, predictions, regions)
+
+
+SAMPLES_MEAN_ATOL = 1e-3
+"""How far the mean of the saved samples may be from the saved mean map: both come out of one
+interpolation back to the input grid, which is linear, so only float rounding separates them."""
+
+
+def _check_samples_match(case_id: str, predictions: str | Path, regions: str) -> None:
+    """Refuse samples that are not those of the mean map beside them (left by an earlier run
+    into the same folder), which would mix two runs into the 1..N-sample rows."""
+    samples_path, mean_path = (output_path(predictions, case_id, k) for k in ("samples", "mean"))
+    samples, mean = _load(samples_path, case_id), _load(mean_path, case_id)
+    channels = len(region_names(regions))
+    mean = mean.reshape(*mean.shape[:3], channels)
+    if samples.shape[:3] != mean.shape[:3] or math.prod(samples.shape[3:]) % channels:
+        raise DatasetError(
+            f"case {case_id}: file {samples_path} has shape {samples.shape}, not samples of "
+            f"{channels} region(s) in the shape of {mean_path}"
+        )
+    averaged = samples.reshape(*mean.shape[:3], -1, channels).mean(-2)
+    difference = float(np.abs(averaged - mean).max())
+    if difference > SAMPLES_MEAN_ATOL:
+        raise DatasetError(
+            f"case {case_id}: file {samples_path} is not from the run that wrote {mean_path} "
+            f"(their means differ by up to {difference:.3g}); rerun inference with "
+            "--overwrite true"
+        )
 
 
 def _check_channels(case_id: str, shape: tuple[int, ...], path: Path, regions: str) -> None:

@@ -32,7 +32,7 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
     """FLAIR with the segmentation outline, the mean and the variance, on the axial slice (RAS)
     with the most tumour, read back from the written files."""
     case_id = case["case_id"]
-    png = Path(output_dir) / f"{case_id}_quicklook.png"
+    png = output_path(output_dir, case_id, "quicklook")
     images = case["image"]
     flair_index = MODALITIES.index("flair")
     if isinstance(images, str):  # one 4-D file: FLAIR is the stored channel channel_order[flair]
