@@ -153,7 +153,8 @@ def load_case(
         "case_id": case_id,
         "layout": case["layout"],
         "label": label,
-        "spacing": tuple(float(s) for s in label_image.header.get_zooms()[:3]),
+        # from the affine, as every step reads geometry (bundle.data.validation), not pixdim
+        "spacing": tuple(float(s) for s in nib.affines.voxel_sizes(label_image.affine)[:3]),
         "brain": brain.reshape(*label.shape, -1).any(-1),
         "seg": seg,
         **{
