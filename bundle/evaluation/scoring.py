@@ -49,8 +49,8 @@ def _load(path: Path, case_id: str) -> np.ndarray:
 def check_case(case: dict, predictions: str | Path, regions: str = "wt") -> None:
     """Raise DatasetError, naming the case and file, unless the case passes validation and its
     segmentation, mean and variance (and samples, if written) are there, readable, in the
-    label's shape and affine, and with the channels of ``regions``: checked for every case
-    before any case is scored."""
+    label's shape and affine, and with the channels of ``regions``, and the samples those whose
+    mean is the mean map: checked for every case before any case is scored."""
     case_id = case["case_id"]
     validate_case(case)
     label_path = Path(case["label"])
@@ -117,9 +117,13 @@ def labelled_cases(
     fold: int = 0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    exclude: Sequence[str | Path] = (),
 ) -> list[dict]:
-    """The labelled cases of one side of the training split (``all``: the whole folder)."""
-    selected = select_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
+    """The labelled cases of one side of the training split (``all``: the whole folder);
+    ``exclude``: folders under ``dataset_dir`` that hold no cases (prediction folders)."""
+    selected = select_cases(
+        dataset_dir, split, num_folds, fold, test_fraction, seed, exclude=exclude
+    )
     cases = [case for case in selected if "label" in case]
     if not cases:
         raise DatasetError(f"dataset folder {dataset_dir}: no labelled case in split {split!r}")
@@ -271,7 +275,7 @@ def evaluate(
     if len(methods) != len(folders):
         raise ValueError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
     region_names(regions)  # fails early on an unknown setting
-    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed)
+    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed, folders)
     for folder in folders:
         for case in cases:
             check_case(case, folder, regions)
