@@ -1,11 +1,15 @@
 """Ignite handlers the workflows need: checked checkpoint loading, a resumable checkpoint that
-keeps the last good state, a NaN-loss stop, a time limit and a progress bar."""
+keeps the last good state (also on Ctrl-C and SIGTERM), a NaN-loss stop, a time limit and a
+progress bar."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +52,13 @@ class ResumableCheckpoint:
     last good state. If the file exists (and ``resume`` is true) it is checked and loaded when
     the run starts, and the log says from which iteration and weights training continues;
     hidden temporaries that a save killed midway left are deleted then.
+
+    Ctrl-C (SIGINT) or SIGTERM (a scheduler's stop) while the engine runs ends the iteration in
+    progress, saves, and then ends the process by the same signal, as it would have without the
+    save; a second signal ends it at once.
     """
+
+    STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(
         self,
@@ -62,6 +72,7 @@ class ResumableCheckpoint:
         self.save_dict = save_dict
         self.interval = interval
         self.resume = resume
+        self.stopped_by: int | None = None
 
     def attach(self, engine: Engine) -> None:
         self.save_dict = {**self.save_dict, "trainer": engine}
@@ -72,12 +83,54 @@ class ResumableCheckpoint:
         if self.interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
         engine.add_event_handler(Events.STARTED, self._save_after_epochs)
+        engine.add_event_handler(Events.STARTED, self._catch_stop_signals)
 
     def _save_after_epochs(self, engine: Engine) -> None:
         """Registered once the run starts, so that the end-of-epoch save comes after every other
         handler of that event, validation included: the saved state holds its best score."""
         if not engine.has_event_handler(self.save, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED | Events.TERMINATE, self.save)
+            engine.add_event_handler(Events.TERMINATE, self._end_if_signalled)
+
+    def _catch_stop_signals(self, engine: Engine) -> None:
+        """While the engine runs, a stop signal terminates it (which saves) instead of the
+        process; only the main thread can install signal handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = {stop: signal.getsignal(stop) for stop in self.STOP_SIGNALS}
+        for stop in self.STOP_SIGNALS:
+            signal.signal(stop, lambda number, _frame: self._stop(engine, number))
+
+        def release(engine: Engine) -> None:
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
+
+        engine.add_event_handler(Events.COMPLETED, release)
+
+    def _stop(self, engine: Engine, number: int) -> None:
+        if self.stopped_by is not None:  # asked twice: stop now
+            self._end_by(number)
+        self.stopped_by = number
+        logger.warning(
+            f"{signal.Signals(number).name} received: stopping after this iteration, saving "
+            f"{self.path} (again to stop at once)"
+        )
+        engine.terminate()
+
+    def _end_if_signalled(self, engine: Engine) -> None:
+        """After the save on termination: end the process by the signal that stopped it."""
+        if self.stopped_by is not None:
+            logger.warning(
+                f"stopped by {signal.Signals(self.stopped_by).name} at iteration "
+                f"{engine.state.iteration}; state saved in {self.path}, rerun to resume"
+            )
+            self._end_by(self.stopped_by)
+
+    @staticmethod
+    def _end_by(number: int) -> None:
+        logging.shutdown()
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
 
     def _resumed(self, engine: Engine) -> None:
         weights = ", ".join(
