@@ -95,10 +95,10 @@ def _check_declared_size(image: nib.Nifti1Image, path: Path, case_id: str) -> No
     compressed = path.name.endswith(".gz")
     room = size * MAX_DEFLATE_RATIO if compressed else size - offset
     if declared > room:
-        holds = f"{size} compressed bytes (at most {room:.3g})" if compressed else f"{room} bytes"
+        holds = f"{room:.3g} bytes (compressed: {size:.3g})" if compressed else f"{room} bytes"
         raise DatasetError(
-            f"case {case_id}: file {path} declares {shape} voxels ({declared:.3g} bytes) but "
-            f"holds {holds}: the header's dim is wrong or the file is cut short"
+            f"case {case_id}: file {path} declares {shape} voxels ({declared:.3g} bytes) but can "
+            f"hold at most {holds}: the header's dim is wrong or the file is cut short"
         )
 
 
