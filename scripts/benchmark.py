@@ -1,25 +1,32 @@
-"""Side-by-side speed benchmark: the reference sampling loop against our default inference.
+"""Side-by-side speed benchmark: the reference sampling loop against our inference, on a real case.
 
-    python scripts/benchmark.py --case_dir data/demo_test/BraTS20_Training_031 \
-        --output docs/benchmark.md
+    python -m scripts.benchmark [--case_dir demo/Brats18_TCIA03_265_1 --output docs/benchmark.md]
 
 (a) The reference procedure (the public guided-diffusion fork): ancestral DDPM with all 1000
-    steps, batch 1, one sample of one whole slice at a time, no slice skipping or cropping. It is
-    timed on ``reference_slices`` tumour slices and extrapolated linearly to every axial slice of
-    the volume and every ensemble member (the output says so).
-(b) Our default inference (inference.yaml as configured: brain slices only, brain bounding box,
-    samples x slices batched, DDIM), whole volume, ``num_samples`` samples.
+    steps, batch 1, one sample of one whole slice at a time, float32, no slice skipping or
+    cropping. It is timed on ``reference_slices`` tumour slices and extrapolated linearly to
+    every axial slice of the volume and every ensemble member (the output says so).
+(b) Our inference as ``configs/inference.yaml`` ships it (brain slices only, brain bounding box,
+    samples x slices batched, the configured sampler and steps, bfloat16 where the CPU computes
+    it), whole volume, ``num_samples`` samples, from loading the files to the maps in the
+    input's grid; and the same in float32 (``VARIANTS``). All are timed in ``repeats`` rounds
+    (medians), each round followed by its share of (a)'s slices, so that a shared machine's
+    load falls on all alike.
+(c) With ``network_options``: one network forward pass under every way of running it on the
+    CPU (``scripts/network_options.py``).
 
-Both use the same network weights on the same case, in one run. Printed: seconds per volume,
-their ratio, Dice of each against the ground truth on the reference's slices (and ours on the
-whole volume, in the input's geometry), and peak resident memory.
+All use the same network weights on the same case, in one run. Printed: seconds per volume, the
+speed-up (a)/(b), Dice of each against the ground truth on the reference's slices and on the
+whole volume (input geometry), how far each variant's masks and variance are from float32's,
+the variance's AUROC for errors (does it still mark them?), the images per
+network call that ``memory_budget_mb`` gives, and peak resident memory.
 """
 
 from __future__ import annotations
 
 import json
 import resource
-import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -29,160 +36,284 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bundle.data.layouts import find_cases
+from bundle.data.regions import region_channel
+from bundle.data.transforms import tumour_slice_indices
+from bundle.diffusion.process import network_input, x0_to_probability
+from bundle.diffusion.samplers import DDPMSampler
+from bundle.ensemble.inferers import brain_box
+from bundle.ensemble.precision import precision_mode
+from bundle.evaluation.metrics import overlap, uncertainty_metrics
+from bundle.evaluation.network_speed import markdown as options_markdown
+from bundle.evaluation.network_speed import measure as measure_options
+from bundle.io.checkpoints import load_weights
+from bundle.workflow.configs import load_config
+from bundle.workflow.options import flag, run_cli
 
-from bundle.data.layouts import find_cases  # noqa: E402
-from bundle.diffusion.samplers import DDPMSampler  # noqa: E402
-from bundle.evaluation.metrics import overlap  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
+BASELINE = "float32 (amp false)"
+VARIANTS = {"default": {}, BASELINE: {"amp": False}}
+"""inference.yaml overrides of (b) and its variants; BASELINE is the default before bfloat16 on
+the CPU, and the others' masks and variance are compared with its."""
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def load_config(name: str, overrides: dict | None = None) -> ConfigParser:
-    """One of the bundle's configs, with ``--key value`` style overrides applied."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / name))
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
-
-
-def tumour_slice_indices(label: torch.Tensor, count: int) -> list[int]:
-    """``count`` axial slices spread evenly over those of a (C, H, W, D) label with tumour."""
-    tumour = torch.nonzero(label.flatten(0, -2).any(0)).flatten().tolist()
-    return [tumour[int(i)] for i in np.linspace(0, len(tumour) - 1, count + 2)[1:-1]]
-
-
 def reference_sample(
-    network, scheduler, image: torch.Tensor, seed: int
+    network, scheduler, image: torch.Tensor, mask_channels: int, seed: int
 ) -> tuple[torch.Tensor, float]:
-    """One 1000-step ancestral DDPM sample of one slice, batch 1; returns the mask and seconds."""
+    """One 1000-step ancestral DDPM sample of one slice, batch 1; returns the (C, H, W) mask
+    probabilities and seconds."""
     sampler = DDPMSampler(scheduler)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, network.out_channels, *image.shape[-2:]), generator=generator)
+    generator = torch.Generator(image.device).manual_seed(seed)
+    noise = torch.randn(
+        (1, mask_channels, *image.shape[-2:]), generator=generator, device=image.device
+    )
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return network(x=torch.cat([x_t, image[None]], dim=1), timesteps=t)
+        return network(x=network_input(x_t, image[None]), timesteps=t)
 
     start = time.perf_counter()
     with torch.inference_mode():
         x0 = sampler.sample(denoise, noise, generator=generator)
-    return ((x0 + 1) / 2).clamp(0, 1)[0], time.perf_counter() - start
+    return x0_to_probability(x0)[0].cpu(), time.perf_counter() - start
+
+
+def run_ours(config: ConfigParser, case: dict, network: torch.nn.Module) -> tuple[float, dict]:
+    """Whole-volume inference as ``config`` says, to the segmentation in the input's grid (no
+    file writing); seconds, and the network-grid output ``pred``, input-grid ``seg`` and the
+    images per network call that the memory budget gave (``batching``)."""
+    start = time.perf_counter()
+    item = config.get_parsed_content("preprocessing")(dict(case))
+    inferer = config.get_parsed_content("inferer")
+    inferer.progress = False
+    device = torch.device(config.get_parsed_content("device"))
+    item["pred"] = inferer(item["image"][None].to(device), network)[0].cpu()
+    grid = item["pred"].as_tensor().clone()
+    post = config.get_parsed_content("postprocessing")
+    inverted = Compose(post.transforms[:2])(item)  # Invertd, SplitEnsembled
+    seconds = time.perf_counter() - start
+    return seconds, {
+        "pred": grid,
+        "seg": inverted["pred"].numpy().max(0) > 0,  # any region: the whole tumour
+        "batching": {
+            "precision": precision_mode(device, inferer.amp),
+            "memory_budget_mb": inferer.memory_budget_mb,
+            **inferer.batching,
+        },
+    }
+
+
+def whole_tumour_maps(out: dict, wt: int, mask_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole tumour's mean and variance in a network-grid output (C means, C variances)."""
+    return out["pred"][wt].numpy(), out["pred"][mask_channels + wt].numpy()
+
+
+def compare(
+    out: dict, baseline: dict, label: torch.Tensor, brain: np.ndarray, wt: int, mask_channels: int
+) -> dict:
+    """A variant's network-grid maps against the baseline's and the label."""
+    mean, var = whole_tumour_maps(out, wt, mask_channels)
+    base_mean, base_var = whole_tumour_maps(baseline, wt, mask_channels)
+    seg, truth = mean > 0.5, label.numpy() > 0
+    quality = uncertainty_metrics(var, seg, truth, brain)
+    return {
+        "dice_vs_baseline": overlap(seg, base_mean > 0.5)[0],
+        "voxels_differing": int((seg != (base_mean > 0.5)).sum()),
+        "max_abs_mean_difference": float(np.abs(mean - base_mean).max()),
+        "max_abs_variance_difference": float(np.abs(var - base_var).max()),
+        "variance_total_ratio": float(var.sum() / max(base_var.sum(), 1e-12)),
+        "variance_auroc": quality["auroc"],
+        "variance_ratio": quality["var_ratio"],
+    }
 
 
 def benchmark(
-    case_dir: str = "data/demo_test/BraTS20_Training_031",
-    ckpt_path: str = "models/model.pt",
+    case_dir: str = "demo/Brats18_TCIA03_265_1",
+    ckpt_path: str | None = "models/model.pt",
+    configs: list[str] = ("inference.yaml",),
     num_samples: int = 5,
     reference_slices: int = 3,
+    repeats: int = 3,
+    network_options: bool = True,
     threads: int | None = None,
     output: str | None = None,
+    note: str | None = None,
     **overrides: object,
 ) -> dict:
-    """Run (b) then (a) on one labelled case; ``overrides`` are inference.yaml keys."""
+    """Run (b) with its variants, (a) and (c) (CPU only) on one labelled case. ``configs`` are
+    layered in order (``"['inference.yaml','paper.yaml']"``: the paper's network);
+    ``ckpt_path`` None times untrained weights (its Dice means nothing); ``overrides`` are
+    config keys, applied to all; ``note`` is printed under the title (how loaded the machine
+    was)."""
     if threads:
         torch.set_num_threads(threads)
-    settings = {"ckpt_path": ckpt_path, "num_samples": num_samples, "dataset_dir": case_dir}
-    settings.update(overrides)
-    infer = load_config("inference.yaml", settings)
+    configs = list(configs)
+    settings = {"num_samples": num_samples, "dataset_dir": case_dir, **overrides}
+    infer = load_config(configs, settings)
     case = find_cases(case_dir)[0]
     network = infer.get_parsed_content("network")
-    network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
-    network.eval()
+    network = load_weights(network, ckpt_path) if ckpt_path else network.eval()
     scheduler = infer.get_parsed_content("noise_scheduler")
+    mask_channels = infer.get_parsed_content("num_mask_channels")
+    wt = region_channel(infer.get_parsed_content("region_names"), "wt")  # what is compared
+    device = next(network.parameters()).device
+    variants = {name: load_config(configs, settings | v) for name, v in VARIANTS.items()}
 
-    # (b) our default: preprocessing, ensemble over the whole volume, back to the input grid
-    start = time.perf_counter()
-    item = infer.get_parsed_content("preprocessing")(dict(case))
-    inferer = infer.get_parsed_content("inferer")
-    inferer.progress = False
-    item["pred"] = inferer(item["image"][None], network)[0]
-    post = infer.get_parsed_content("postprocessing")
-    inverted = Compose(post.transforms[:2])(item)  # Invertd, SplitEnsembled: no file writing
-    ours_seconds = time.perf_counter() - start
-    ours_peak = _peak_rss_mb()
-    truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
-    ours_dice = overlap(inverted["pred"][0].numpy() > 0, truth)[0]
-
-    # the network grid, with the label, for slice-wise comparisons
-    train = load_config("train.yaml", {k: v for k, v in settings.items() if k != "ckpt_path"})
+    # the network grid, with the label: the reference's slices and slice-wise comparisons
+    train = load_config(["train.yaml", *configs[1:]], settings)
     grid = Compose(train.get_parsed_content("load_transforms"))(dict(case))
-    label, image = grid["label"][0], grid["image"]
+    label, image = grid["label"][wt], grid["image"]
+    brain = (image.abs() > 0).any(0).numpy()
     picks = tumour_slice_indices(grid["label"], reference_slices)
-    ours_grid = item["pred"][0]  # ensemble mean in the network grid
 
-    # (a) the reference loop on the picked slices, every ensemble member
-    seconds, ref_dice, our_dice_slices = [], [], []
-    for z in picks:
-        masks = []
-        for member in range(num_samples):
-            mask, took = reference_sample(network, scheduler, image[..., z], seed=1000 * z + member)
-            masks.append(mask)
-            seconds.append(took)
-        reference_mean = torch.stack(masks).mean(0)[0]
-        ref_dice.append(overlap(reference_mean.numpy() > 0.5, label[..., z].numpy() > 0)[0])
-        our_dice_slices.append(
-            overlap(ours_grid[..., z].numpy() > 0.5, label[..., z].numpy() > 0)[0]
-        )
-    per_sample_slice = float(np.mean(seconds))
+    # (b) and its variants, and (a) on a share of the picked slices, in interleaved rounds
+    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    outputs, times, members = {}, [], {z: [] for z in picks}
+    ours_peak = 0.0
+    for round_ in range(repeats):
+        for name, config in variants.items():
+            took, outputs[name] = run_ours(config, case, network)
+            seconds[name].append(took)
+        ours_peak = ours_peak or _peak_rss_mb()  # after the first round, before (a)
+        for z in picks[round_::repeats]:  # every ensemble member of the reference
+            for member in range(num_samples):
+                slice_ = image[..., z].to(device)
+                mask, took = reference_sample(
+                    network, scheduler, slice_, mask_channels, seed=1000 * z + member
+                )
+                members[z].append(mask)
+                times.append(took)
+
+    truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+    scores = {}
+    for name in VARIANTS:
+        mean = whole_tumour_maps(outputs[name], wt, mask_channels)[0]
+        scores[name] = {
+            "seconds_per_volume": statistics.median(seconds[name]),
+            "seconds_each_round": seconds[name],
+            "dice_volume": overlap(outputs[name]["seg"], truth)[0],
+            "dice_reference_slices": float(
+                np.mean([overlap(mean[..., z] > 0.5, label[..., z].numpy() > 0)[0] for z in picks])
+            ),
+            **compare(outputs[name], outputs[BASELINE], label, brain, wt, mask_channels),
+        }
+    ref_dice = [
+        overlap(torch.stack(members[z]).mean(0)[wt].numpy() > 0.5, label[..., z].numpy() > 0)[0]
+        for z in picks
+    ]
+    per_sample_slice = float(np.mean(times))
     depth = image.shape[-1]
     reference_seconds = per_sample_slice * depth * num_samples
 
+    ours = scores["default"]
     result = {
         "case": case["case_id"],
+        "configs": configs,
+        "weights": ckpt_path or "untrained",
+        "device": str(device),
         "grid": list(image.shape[1:]),
+        "box": list(_box_shape(image)),
         "num_samples": num_samples,
-        "ours": {
-            "sampler": settings.get("sampler", infer["sampler"]),
-            "sampling_steps": settings.get("sampling_steps", infer["sampling_steps"]),
-            "seconds_per_volume": ours_seconds,
-            "dice_volume": ours_dice,
-            "dice_reference_slices": float(np.mean(our_dice_slices)),
-            "peak_rss_mb": ours_peak,
-        },
+        "sampler": infer["sampler"],
+        "sampling_steps": infer["sampling_steps"],
+        "repeats": repeats,
+        "variants": scores,
         "reference": {
             "seconds_per_slice_sample": per_sample_slice,
-            "timed_slice_samples": len(seconds),
+            "timed_slice_samples": len(times),
             "seconds_per_volume_extrapolated": reference_seconds,
             "extrapolation": f"{per_sample_slice:.1f} s x {depth} slices x {num_samples} samples",
             "dice_reference_slices": float(np.mean(ref_dice)),
         },
-        "speedup": reference_seconds / ours_seconds,
+        "speedup": reference_seconds / ours["seconds_per_volume"],
+        "dice_gap_reference_slices": ours["dice_reference_slices"] - float(np.mean(ref_dice)),
+        "batching": outputs["default"]["batching"],
+        "peak_rss_mb_ours": ours_peak,
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
+        "note": note,
     }
-    report = markdown(result)
+    if flag(network_options) and device.type == "cpu":
+        # (c) in the brain box of this case, as the inferer samples it
+        result["network_options"] = measure_options(network, *result["box"])
+    report = render(result)
     print(report)
     if output:
-        Path(output).write_text(report + "\n```json\n" + json.dumps(result, indent=2) + "\n```\n")
+        Path(output).write_text(report)
     return result
 
 
+def _box_shape(image: torch.Tensor) -> tuple[int, int]:
+    """Height and width of the brain's in-plane bounding box, as the inferer grows it."""
+    brain = (image.abs() > 0).any(0, keepdim=True).movedim(-1, 0)
+    rows, cols = brain_box(brain[brain.flatten(1).any(1)], 8)
+    return rows.stop - rows.start, cols.stop - cols.start
+
+
+def render(r: dict) -> str:
+    """The whole report (docs/benchmark.md): title, what was measured, tables, the JSON."""
+    head = [
+        "# Speed: our inference against the reference sampling loop",
+        "",
+        "Measured in one run by `python -m scripts.benchmark` (its docstring says how).",
+        "(a) the reference code's procedure: ancestral DDPM, 1000 steps, batch 1, one sample of "
+        "one whole slice at a time, float32, timed on tumour slices and extrapolated to every "
+        "slice and sample. (b) `configs/inference.yaml` as shipped, whole volume, from the files "
+        "to the maps in the input's grid, and its float32 variant, in interleaved rounds with "
+        "(a). (c) one network forward pass per way of running it on the CPU.",
+    ]
+    if r.get("note"):
+        head += ["", f"**{r['note']}**"]
+    parts = ["\n".join(head), markdown(r)]
+    if r.get("network_options"):
+        parts.append(options_markdown(r["network_options"], *r["box"]))
+    parts.append("```json\n" + json.dumps(r, indent=2) + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
 def markdown(r: dict) -> str:
-    """The benchmark as a table."""
-    ours, ref = r["ours"], r["reference"]
-    return "\n".join(
-        [
-            f"Case {r['case']}, network grid {r['grid']}, {r['num_samples']} samples, "
-            f"{r['threads']} CPU threads.",
-            "",
-            "| procedure | s / volume | Dice (reference slices) | Dice (volume) |",
-            "|---|---|---|---|",
-            f"| (a) reference: DDPM 1000 steps, batch 1, slice by slice "
-            f"(extrapolated: {ref['extrapolation']}) | {ref['seconds_per_volume_extrapolated']:.0f}"
-            f" | {ref['dice_reference_slices']:.3f} | - |",
-            f"| (b) ours: {ours['sampler']} {ours['sampling_steps']} steps, batched, brain only "
-            f"| {ours['seconds_per_volume']:.1f} | {ours['dice_reference_slices']:.3f} "
-            f"| {ours['dice_volume']:.3f} |",
-            "",
-            f"Speed-up (a)/(b): **{r['speedup']:.0f}x**. Peak resident memory after (b): "
-            f"{ours['peak_rss_mb']:.0f} MB; after both: {r['peak_rss_mb']:.0f} MB.",
-        ]
-    )
+    """The benchmark's (a) and (b) as tables."""
+    ref, ours, batching = r["reference"], r["variants"]["default"], r["batching"]
+    lines = [
+        f"Case {r['case']}, configs {r['configs']}, weights {r['weights']}, network grid "
+        f"{r['grid']}, {r['num_samples']} samples, {r['sampler']} {r['sampling_steps']} steps, "
+        f"device {r['device']}, {r['threads']} CPU threads; (b) medians of {r['repeats']} "
+        "interleaved rounds.",
+        "",
+        "| procedure | s / volume | Dice (reference slices) | Dice (volume) |",
+        "|---|---|---|---|",
+        f"| (a) reference: DDPM 1000 steps, batch 1, slice by slice, float32 "
+        f"(extrapolated: {ref['extrapolation']}) | {ref['seconds_per_volume_extrapolated']:.0f}"
+        f" | {ref['dice_reference_slices']:.3f} | - |",
+        f"| (b) ours: inference.yaml ({batching['precision']}) "
+        f"| {ours['seconds_per_volume']:.1f} "
+        f"| {ours['dice_reference_slices']:.3f} | {ours['dice_volume']:.3f} |",
+        "",
+        f"Speed-up (a)/(b): **{r['speedup']:.0f}x**; Dice on the reference's slices "
+        f"{r['dice_gap_reference_slices']:+.3f} from the reference's. Memory: "
+        f"{batching['activation_mb_per_image']:.1f} MB of activations an image, so "
+        f"memory_budget_mb {batching['memory_budget_mb']} gives {batching['images_per_call']} "
+        f"images a network call; peak resident memory after (b) {r['peak_rss_mb_ours']:.0f} MB, "
+        f"after (a) {r['peak_rss_mb']:.0f} MB.",
+        "",
+        f"(b) with each speed-up switched off, against `{BASELINE}` (the default before):",
+        "",
+        "| variant | s / volume | Dice (volume) | Dice vs baseline | voxels differing "
+        "| max abs mean diff | max abs var diff | variance total / baseline | var AUROC "
+        "| var ratio wrong/right |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in r["variants"].items():
+        lines.append(
+            f"| {name} | {v['seconds_per_volume']:.1f} | {v['dice_volume']:.3f} "
+            f"| {v['dice_vs_baseline']:.4f} | {v['voxels_differing']} "
+            f"| {v['max_abs_mean_difference']:.3f} | {v['max_abs_variance_difference']:.3f} "
+            f"| {v['variance_total_ratio']:.3f} | {v['variance_auroc']:.3f} "
+            f"| {v['variance_ratio']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

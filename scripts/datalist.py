@@ -1,6 +1,6 @@
 """Write a MONAI datalist JSON with a seeded, patient-level train/validation/test split.
 
-    python scripts/datalist.py --dataset_dir data/demo --output datalist.json --num_folds 5 --fold 0
+    python -m scripts.datalist --dataset_dir data/demo --output datalist.json --num_folds 5 --fold 0
 
 Every case is validated on the way (files present and readable, one shape and affine across
 modalities, labels in the layout's set): a bad case stops the command with a message naming it,
@@ -10,18 +10,10 @@ relative ones in a hand-written datalist are read from the datalist's folder.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.data.datalist import (  # noqa: E402
-    build_datalist,
-    check_trainable,
-    split_counts,
-    write_json,
-)
-from bundle.workflow.options import OptionError, run_cli  # noqa: E402
+from bundle.data.datalist import build_datalist, check_trainable, split_counts, write_json
+from bundle.workflow.options import OptionError, run_cli
 
 
 def datalist(

@@ -1,6 +1,6 @@
 """Evaluate folders of inference outputs against the ground truth, as the paper's table.
 
-    python scripts/evaluate.py --predictions outputs/diffusion --dataset_dir data/demo \
+    python -m scripts.evaluate --predictions outputs/diffusion --dataset_dir data/demo \
         --split testing --output eval/diffusion --method "diffusion (DDIM 5)" [--regions wt_tc_et]
 
 Several runs in one table: ``--predictions "['outputs/a','outputs/b']" --method "['A','B']"``.
@@ -14,13 +14,8 @@ map, UEO, QU-BraTS score). Writes ``cases.csv`` and ``summary.md`` under ``outpu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.evaluation.scoring import evaluate  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
+from bundle.evaluation.scoring import evaluate
+from bundle.workflow.options import run_cli
 
 if __name__ == "__main__":
     run_cli(evaluate)

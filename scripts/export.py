@@ -1,6 +1,6 @@
 """Export the diffusion U-Net as TorchScript, for runtimes without the bundle's Python code.
 
-    python scripts/export.py [--filepath models/model.ts --ckpt_path models/model.pt]
+    python -m scripts.export [--filepath models/model.ts --ckpt_path models/model.pt]
 
 `python -m monai.bundle ckpt_export` cannot export this network: scripting fails inside MONAI's
 SpatialAttentionBlock (`x.reshape(*shape[:2], -1)` does not script), and its `--use_trace`
@@ -13,35 +13,27 @@ keys (e.g. `--regions wt_tc_et`) are overrides.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
 from monai.data import save_net_with_metadata
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bundle.workflow.options import run_cli  # noqa: E402
-
-CONFIG = REPO / "configs" / "inference.yaml"
+from bundle.io.checkpoints import load_weights
+from bundle.workflow.configs import BUNDLE_ROOT, CONFIG_DIR, load_config
+from bundle.workflow.options import run_cli
 
 
 def export(
-    filepath: str = str(REPO / "models" / "model.ts"),
-    ckpt_path: str = str(REPO / "models" / "model.pt"),
+    filepath: str = str(BUNDLE_ROOT / "models" / "model.ts"),
+    ckpt_path: str = str(BUNDLE_ROOT / "models" / "model.pt"),
     **overrides: object,
 ) -> Path:
     """Trace ``network_def`` with the checkpoint's weights on (noisy mask + image, timesteps)."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    parser.read_meta(str(REPO / "configs" / "metadata.json"))
-    for key, value in overrides.items():
-        parser[key] = value
+    parser = load_config("inference.yaml", overrides)
+    parser.read_meta(str(CONFIG_DIR / "metadata.json"))
     network = parser.get_parsed_content("network_def")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state))  # a plain state dict or {"model": ...}
+    load_weights(network, ckpt_path)
     network.eval()
     size = 2 ** len(parser["network_def"]["channels"])  # divisible through every downsampling
     example = (
@@ -51,7 +43,7 @@ def export(
     with torch.no_grad():
         traced = torch.jit.trace(network, example)
     path = Path(filepath)
-    config = json.dumps(ConfigParser.load_config_file(str(CONFIG))).encode()
+    config = json.dumps(ConfigParser.load_config_file(str(CONFIG_DIR / "inference.yaml"))).encode()
     save_net_with_metadata(
         traced,
         str(path),

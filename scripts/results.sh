@@ -20,18 +20,18 @@ infer() {  # config, output folder, extra overrides
 infer configs/inference.yaml diffusion --save_samples true
 infer "$UNET" unet
 infer "$UNET" mcdropout --mc_dropout true --save_samples true
-python scripts/evaluate.py --dataset_dir "$DATA" --split testing --output "$EVAL" \
+python -m scripts.evaluate --dataset_dir "$DATA" --split testing --output "$EVAL" \
   --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
   --method "['diffusion (x0, DDIM 5)','U-Net (deterministic)','U-Net + MC dropout']"
-python scripts/figures.py ensemble --cases_csv "$EVAL/cases.csv" --output docs/dice_vs_ensemble.png
-python scripts/figures.py reliability --dataset_dir "$DATA" --split testing \
+python -m scripts.figures ensemble --cases_csv "$EVAL/cases.csv" --output docs/dice_vs_ensemble.png
+python -m scripts.figures reliability --dataset_dir "$DATA" --split testing \
   --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
   --method "['diffusion','U-Net','MC dropout']" --output docs/reliability.png
-python scripts/figures.py steps --sweep docs/performance_sweep.md --output docs/performance_sweep.png
+python -m scripts.figures steps --sweep docs/performance_sweep.md --output docs/performance_sweep.png
 # three regions (models/wt_tc_et and its U-Net baseline): the per-region table
 infer configs/inference.yaml wt_tc_et/diffusion --regions wt_tc_et --ckpt_dir models/wt_tc_et \
   --save_samples true
 infer "$UNET" wt_tc_et/unet --regions wt_tc_et --ckpt_dir models/baseline_unet_wt_tc_et
-python scripts/evaluate.py --dataset_dir "$DATA" --split testing --regions wt_tc_et \
+python -m scripts.evaluate --dataset_dir "$DATA" --split testing --regions wt_tc_et \
   --output "$EVAL/wt_tc_et" --predictions "['$OUT/wt_tc_et/diffusion','$OUT/wt_tc_et/unet']" \
   --method "['diffusion (x0, DDIM 5)','U-Net (deterministic)']"

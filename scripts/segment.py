@@ -1,6 +1,6 @@
 """Segment one case given its four files, with the bundle's inference config.
 
-    python scripts/segment.py --t1 a.nii.gz --t1ce b.nii.gz --t2 c.nii.gz --flair d.nii.gz \
+    python -m scripts.segment --t1 a.nii.gz --t1ce b.nii.gz --t2 c.nii.gz --flair d.nii.gz \
         --output_dir out [--num_samples 5 --ckpt_path models/model.pt --sampling_steps 5 ...]
 
 The files may be named anything (3D Slicer exports, scanner conversions); the outputs are those
@@ -13,18 +13,16 @@ with one line naming it and exit code 2.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import monai.bundle
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bundle.data.layouts import DEFAULT_LAYOUT, MODALITIES, case_id_from_path
+from bundle.data.validation import validate_case
+from bundle.io.outputs import check_output_folder
+from bundle.workflow.options import run_cli
 
-from bundle.data.layouts import DEFAULT_LAYOUT, MODALITIES, case_id_from_path  # noqa: E402
-from bundle.data.validation import validate_case  # noqa: E402
-from bundle.io.outputs import check_output_folder  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def segment(

@@ -1,7 +1,7 @@
 """Dice and uncertainty against sampler and steps, and inference cost against ensemble size and
 slices, measured in one run with the shipped weights.
 
-    python scripts/sweep.py --output docs/performance_sweep.md \
+    python -m scripts.sweep --output docs/performance_sweep.md \
         --case_dirs "['data/demo/BraTS20_Training_005','data/demo/BraTS20_Training_027']"
 
 Part 1 samples ``num_samples`` masks of ``slices_per_case`` tumour slices of each case (network
@@ -13,7 +13,6 @@ ensemble sizes and slice counts, with least-squares slopes.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -21,16 +20,16 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bundle.data.layouts import find_cases  # noqa: E402
-from bundle.diffusion.samplers import make_sampler  # noqa: E402
-from bundle.ensemble.inferers import ImplicitEnsembleInferer  # noqa: E402
-from bundle.evaluation.metrics import overlap, uncertainty_metrics  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
-from scripts.benchmark import load_config, tumour_slice_indices  # noqa: E402
-from scripts.figures import plot_steps  # noqa: E402
+from bundle.data.layouts import find_cases
+from bundle.data.regions import region_channel
+from bundle.data.transforms import tumour_slice_indices
+from bundle.diffusion.samplers import make_sampler
+from bundle.ensemble.inferers import ImplicitEnsembleInferer
+from bundle.evaluation.figures import plot_steps
+from bundle.evaluation.metrics import overlap, uncertainty_metrics
+from bundle.io.checkpoints import load_weights
+from bundle.workflow.configs import load_config
+from bundle.workflow.options import run_cli
 
 
 def _tumour_slices(case: dict, loader: Compose, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,9 +39,14 @@ def _tumour_slices(case: dict, loader: Compose, count: int) -> tuple[torch.Tenso
     return image[..., picks].movedim(-1, 0), label[..., picks].movedim(-1, 0)
 
 
-def _score(out: torch.Tensor, label: torch.Tensor, image: torch.Tensor) -> tuple[float, float]:
-    mean, variance = out[:, :1].numpy(), out[:, 1:2].numpy()
-    truth = label.numpy() > 0
+def _score(
+    out: torch.Tensor, label: torch.Tensor, image: torch.Tensor, channel: int
+) -> tuple[float, float]:
+    """Dice and variance ratio of one region's channel of the inferer's (S, 2 C, H, W) output."""
+    channels = label.shape[1]
+    mean = out[:, channel : channel + 1].numpy()
+    variance = out[:, channels + channel : channels + channel + 1].numpy()
+    truth = label[:, channel : channel + 1].numpy() > 0
     brain = (image.abs() > 0).any(1, keepdim=True).numpy()
     seg = mean > 0.5
     return overlap(seg, truth)[0], uncertainty_metrics(variance, seg, truth, brain)["var_ratio"]
@@ -62,8 +66,10 @@ def sweep(
     """Run both parts and return (and write) the markdown report."""
     infer = load_config("inference.yaml")
     network = infer.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
+    load_weights(network, ckpt_path)
     scheduler = infer.get_parsed_content("noise_scheduler")
+    mask_channels = infer.get_parsed_content("num_mask_channels")
+    wt = region_channel(infer.get_parsed_content("region_names"), "wt")  # what is scored
     loader = Compose(load_config("train.yaml").get_parsed_content("load_transforms"))
     cases = [find_cases(d)[0] for d in case_dirs]
     parts = [_tumour_slices(case, loader, slices_per_case) for case in cases]
@@ -80,11 +86,13 @@ def sweep(
     runs = [("ddpm", 1000)] + [(s, k) for s in samplers for k in steps]
     results = {}
     for name, k in runs:
-        inferer = ImplicitEnsembleInferer(make_sampler(name, k, scheduler), num_samples=num_samples)
+        inferer = ImplicitEnsembleInferer(
+            make_sampler(name, k, scheduler), num_samples=num_samples, mask_channels=mask_channels
+        )
         start = time.perf_counter()
         out = inferer(image, network)
         took = time.perf_counter() - start
-        results[name, k] = _score(out, label, image)
+        results[name, k] = _score(out, label, image, wt)
         dice, ratio = results[name, k]
         lines.append(f"| {name} | {k} | {dice:.4f} | {ratio:.1f} | {took:.1f} |")
         print(lines[-1], flush=True)
@@ -93,6 +101,10 @@ def sweep(
 
     volume = infer.get_parsed_content("preprocessing")(dict(cases[0]))["image"][None]
     default = make_sampler(infer["sampler"], infer["sampling_steps"], scheduler)
+
+    def ensemble(size: int) -> ImplicitEnsembleInferer:
+        return ImplicitEnsembleInferer(default, num_samples=size, mask_channels=mask_channels)
+
     lines += [
         "",
         f"Part 2: whole-volume sampling of {cases[0]['case_id']}, "
@@ -103,7 +115,7 @@ def sweep(
     sizes, seconds = [], []
     for n in ensemble_sizes:
         start = time.perf_counter()
-        ImplicitEnsembleInferer(default, num_samples=n)(volume, network)
+        ensemble(n)(volume, network)
         sizes.append(n)
         seconds.append(time.perf_counter() - start)
         lines.append(f"| {n} | {seconds[-1]:.1f} |")
@@ -115,7 +127,7 @@ def sweep(
     for count in slice_counts:
         part = volume[..., : min(count, volume.shape[-1])]
         start = time.perf_counter()
-        ImplicitEnsembleInferer(default, num_samples=5)(part, network)
+        ensemble(5)(part, network)
         counts.append(part.shape[-1])
         seconds.append(time.perf_counter() - start)
         lines.append(f"| {counts[-1]} | {seconds[-1]:.1f} |")

@@ -1,6 +1,6 @@
 """Summarise training runs from their TensorBoard logs as a markdown table.
 
-    python scripts/training_summary.py --output docs/training_log.md \
+    python -m scripts.training_summary --output docs/training_log.md \
         --runs "{'diffusion': 'runs', 'U-Net': 'runs/baseline_unet'}"
 
 Per run: iterations, wall time, first/last training loss (mean of 50 iterations), and every
@@ -10,14 +10,11 @@ validation (epoch, Dice of the validation ensemble, variance ratio wrong/right v
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.workflow.options import run_cli  # noqa: E402
+from bundle.workflow.options import run_cli
 
 
 def scalars(log_dir: str | Path, tag: str) -> list:

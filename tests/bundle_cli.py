@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
+from bundle.workflow.configs import load_config
 from tests.conftest import REPO
 
 TINY_DIFFUSION_NET = {
@@ -20,6 +20,9 @@ TINY_DIFFUSION_NET = {
     "network_def#norm_num_groups": "8",
 }
 """Overrides that shrink the diffusion U-Net to a few thousand parameters for tests."""
+
+TINY_INFERENCE = {"image_size": 64, "in_plane_spacing": 2.0, "prediction_type": "epsilon"}
+"""The settings test inference runs with (and the tiny weights' stored settings say)."""
 
 
 def bundle_command(
@@ -78,9 +81,10 @@ def assert_one_line_error(
 
 
 def run_script(script: str, *args: object, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python scripts/<script> <args>``, as users run it, output captured."""
+    """``python -m scripts.<script> <args>`` from the bundle root, as users run it, output
+    captured."""
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), *(str(a) for a in args)],
+        [sys.executable, "-m", f"scripts.{script}", *(str(a) for a in args)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -122,16 +126,20 @@ def train_overrides(dataset: Path, ckpt_dir: Path, **extra: object) -> dict[str,
     return overrides
 
 
-def tiny_weights(path: Path, regions: str = "wt") -> Path:
-    """Random weights of the tiny test network, built from inference.yaml itself."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.yaml"))
-    for key, value in TINY_DIFFUSION_NET.items():
-        parser[key] = eval(value)  # the same literals the command line gets
-    parser["regions"] = regions
+def tiny_weights(path: Path, regions: str = "wt", with_settings: bool = False) -> Path:
+    """Random weights of the tiny test network, built from inference.yaml itself: a bare state
+    dict, or ``with_settings`` as training writes them, with the settings of
+    :data:`TINY_INFERENCE`."""
+    # the same literals the command line gets
+    tiny = {key: eval(value) for key, value in TINY_DIFFUSION_NET.items()}
+    parser = load_config("inference.yaml", {**tiny, **TINY_INFERENCE, "regions": regions})
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
-    torch.save(network.state_dict(), path)
+    if with_settings:
+        settings = parser.get_parsed_content("weight_settings").state_dict()
+        torch.save({"model": network.state_dict(), "settings": settings}, path)
+    else:
+        torch.save(network.state_dict(), path)
     return path
 
 
@@ -141,12 +149,10 @@ def inference_overrides(case: Path, out: Path, weights: Path, **extra: object) -
         "dataset_dir": case,
         "output_dir": out,
         "ckpt_path": weights,
-        "image_size": 64,
-        "in_plane_spacing": 2.0,
         "num_samples": 4,
         "sampling_steps": 3,
         # a random network read as a noise predictor draws varied masks (as x0 it draws ~0.5)
-        "prediction_type": "epsilon",
+        **TINY_INFERENCE,
         **TINY_DIFFUSION_NET,
         **extra,
     }

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bundle.data.synthetic import make_demo_data
 
-from scripts.make_demo_data import make_demo_data  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL_SHAPE = (64, 64, 40)
 LAYOUT_NAMES = ("brats2020", "brats2023", "msd")

@@ -92,7 +92,7 @@ def test_config_orientation_is_ras(small_datasets):
 
 
 def test_cases_without_labels_go_to_testing(tmp_path):
-    from scripts.make_demo_data import make_demo_data
+    from bundle.data.synthetic import make_demo_data
 
     make_demo_data(
         output_dir=str(tmp_path), num_cases=2, seed=1, shape=SMALL_SHAPE, with_labels=False

@@ -14,12 +14,15 @@ import torch
 
 from bundle.data.layouts import find_cases
 from bundle.evaluation.metrics import (
+    error_auroc,
     expected_calibration_error,
+    expected_dice_gap,
     hd95,
     overlap,
     qu_brats_score,
     reliability_bins,
     segmentation_metrics,
+    spearman,
     uncertainty_error_overlap,
     uncertainty_metrics,
     variance_error_correlation,
@@ -145,6 +148,45 @@ def qu_brats_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pred, truth, pred != truth
 
 
+def test_error_auroc_known_answers():
+    error = np.array([1, 1, 0, 0, 0, 0], bool)
+    # every wrong voxel more uncertain than every right one: 1; the reverse: 0
+    assert error_auroc(np.array([0.9, 0.8, 0.1, 0.1, 0.0, 0.2]), error) == 1.0
+    assert error_auroc(np.array([0.0, 0.0, 0.1, 0.1, 0.3, 0.2]), error) == 0.0
+    # no uncertainty at all: every pair ties, chance
+    assert error_auroc(np.zeros(6), error) == 0.5
+    # one wrong voxel above all right ones, one tied with the two lowest right ones:
+    # (4 + (0 + 0.5 * 2)) / (2 * 4)
+    assert error_auroc(np.array([0.5, 0.0, 0.0, 0.0, 0.1, 0.2]), error) == pytest.approx(5 / 8)
+    assert np.isnan(error_auroc(np.ones(3), np.zeros(3, bool)))
+
+
+def test_spearman_known_answers():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
+    assert spearman([5, 5, 9], [1, 2, 3]) == pytest.approx(
+        np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1]
+    )
+    assert np.isnan(spearman([1, 2], [2, 1])) and np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_expected_dice_gap_is_zero_when_samples_agree_and_grows_with_doubt():
+    agreed = np.zeros((4, 4))
+    agreed[1:3, 1:3] = 1.0
+    assert expected_dice_gap(agreed) == 0.0
+    assert expected_dice_gap(np.zeros((4, 4))) == 0.0
+    # two voxels every sample calls tumour, two that 2 of 5 samples call tumour: a sample
+    # overlaps the segmentation (the two sure voxels) in 2 voxels and has 2.8 on average
+    doubt = np.zeros((4, 4))
+    doubt[0, :2], doubt[3, :2] = 1.0, 0.4
+    assert expected_dice_gap(doubt) == pytest.approx(1 - 2 * 2 / (2 + 2.8))
+    # the same disagreement around a larger tumour matters less
+    large = np.zeros((8, 8))
+    large[:4, :4], large[7, :2] = 1.0, 0.4
+    assert 0 < expected_dice_gap(large) < expected_dice_gap(doubt)
+
+
 def test_qu_brats_rewards_uncertainty_that_marks_the_errors():
     pred, truth, error = qu_brats_case()
     brain = np.ones(20, bool)
@@ -173,6 +215,7 @@ def test_qu_brats_counts_filtered_negatives_on_the_brain_only():
     assert score["qu_ftn_auc"] == pytest.approx(5 / 9 * (1 - 1 / 80))
 
 
+@pytest.mark.slow
 def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     cases = find_cases(small_datasets["brats2020"])
     predictions = tmp_path / "pred"
@@ -185,7 +228,8 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "evaluate.py"),
+            "-m",
+            "scripts.evaluate",
             "--predictions",
             str(predictions),
             "--dataset_dir",
@@ -197,6 +241,7 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
             "--method",
             "test",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
@@ -214,8 +259,18 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     assert float(by_case[second, "3"]["ueo"]) == 1.0
     assert float(by_case[second, "all"]["var_error_corr"]) == pytest.approx(1.0)
     assert float(by_case[second, "1"]["ueo"]) == 0.0  # one sample: no variance
+    # every missed voxel carries variance, and only they do: the variance finds the errors
+    assert float(by_case[second, "3"]["auroc"]) == 1.0
+    assert float(by_case[second, "3"]["errors_with_variance"]) == 1.0
+    assert float(by_case[second, "1"]["auroc"]) == 0.5
+    assert float(by_case[second, "1"]["errors_with_variance"]) == 0.0
+    # the case score: samples agree on the perfect case; on the missed one a third of them
+    # find the tumour the (empty) segmentation misses
+    assert float(by_case[first, "all"]["case_uncertainty"]) == 0.0
+    assert float(by_case[second, "3"]["case_uncertainty"]) == 1.0
     summary = (tmp_path / "eval" / "summary.md").read_text()
     assert "| test | wt | all | 3 |" in summary and "QU-BraTS" in summary
+    assert "AUROC" in summary and "Spearman(score, Dice)" in summary
 
 
 def test_one_table_for_several_methods(small_datasets, tmp_path):
@@ -240,6 +295,7 @@ def test_one_table_for_several_methods(small_datasets, tmp_path):
         evaluate([str(tmp_path / "right")], str(small_datasets["brats2020"]), method=["A", "B"])
 
 
+@pytest.mark.slow
 def test_evaluating_config_scores_each_region(small_datasets, tmp_path):
     dataset = small_datasets["brats2023"]  # labels 1 necrosis, 2 edema, 3 enhancing
     predictions = tmp_path / "pred"

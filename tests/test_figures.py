@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bundle.data.layouts import find_cases
-from scripts.figures import ensemble, reliability, steps
+from bundle.evaluation.figures import ensemble, reliability, steps
 from tests.predictions import write_predictions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

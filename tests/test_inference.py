@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bundle.data.synthetic import make_demo_data
+from bundle.evaluation.metrics import expected_dice_gap, overlap
 from bundle.io.outputs import expected_outputs, output_path
-from scripts.make_demo_data import make_demo_data
 from tests.bundle_cli import assert_ok, infer, tiny_weights
+
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
 
@@ -79,6 +83,13 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     assert 0.0 <= mean.min() and mean.max() <= 1.0
     assert var.min() >= 0.0 and var.max() <= 0.25 + 1e-6
     np.testing.assert_array_equal(seg, (mean > 0.5).astype(np.uint8))
+    # the summary line scores the written segmentation against the case's label, voxel for
+    # voxel in the input's (permuted, oblique) grid, and gives the case's uncertainty score
+    found = re.search(r"uncertainty ([\d.]+), whole-tumour Dice ([\d.]+) against its label", log)
+    assert found, log[-2000:]
+    label = np.asanyarray(nib.load(str(odd_case / f"{case}_seg.nii.gz")).dataobj)
+    assert float(found.group(2)) == pytest.approx(overlap(seg > 0, label > 0)[0], abs=1e-3)
+    assert float(found.group(1)) == pytest.approx(expected_dice_gap(mean), abs=1e-3)
     assert 0 < seg.sum() < seg.size  # the random network does draw masks, not all or nothing
     # where the samples agree the variance is 0, where they disagree it is not. The maps are
     # interpolated back to the input grid one by one, so agreement is exact only where every

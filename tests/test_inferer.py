@@ -62,7 +62,9 @@ class ExactNoise(nn.Module):
 
 
 def make_inferer(**kwargs) -> ImplicitEnsembleInferer:
-    kwargs = {"sampler": make_sampler("ddim", NUM_STEPS), "num_samples": 3, **kwargs}
+    """float32 unless a test asks for ``amp``: the bfloat16 CPU path runs a copy of the network
+    (which a Recorder cannot see) and rounds to 3 digits (tests/test_precision.py)."""
+    kwargs = {"sampler": make_sampler("ddim", NUM_STEPS), "num_samples": 3, "amp": False, **kwargs}
     return ImplicitEnsembleInferer(**kwargs)
 
 

@@ -1,9 +1,11 @@
-"""scripts/make_demo_data.py: files that find_cases reads in every layout, and synthetic cases
-realistic enough that a model has to read the images to segment them."""
+"""bundle/data/synthetic.py and scripts/make_demo_data.py: files that find_cases reads in every
+layout, and synthetic cases realistic enough that a model has to read the images to segment
+them."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,24 +15,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repository on sys.path
-    sys.path.insert(0, str(REPO_ROOT))
-
-import scripts.make_demo_data as make_demo_data_module  # noqa: E402
-from bundle.data.layouts import (  # noqa: E402
-    BRATS2020,
-    LAYOUTS,
-    MODALITIES,
-    SUB_REGIONS,
-    find_cases,
-)
-from scripts.make_demo_data import (  # noqa: E402
-    CASE_NAMES,
-    make_demo_data,
-    synthesize_case,
-    write_case,
-)
+from bundle.data.layouts import BRATS2020, LAYOUTS, MODALITIES, SUB_REGIONS, find_cases
+from bundle.data.synthetic import CASE_NAMES, make_demo_data, synthesize_case, write_case
+from tests.conftest import REPO
 
 SHAPE = (64, 64, 40)
 SEED = 3  # its cases 1 to 3 hold all three sub-regions at SHAPE between them
@@ -76,12 +63,14 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in LAYOUTS}
 
 
+@pytest.mark.slow
 def test_command_line_writes_cases_find_cases_reads(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = subprocess.run(
         [
             sys.executable,
-            "scripts/make_demo_data.py",
+            "-m",
+            "scripts.make_demo_data",
             "--output_dir",
             str(out),
             "--num_cases",
@@ -93,7 +82,7 @@ def test_command_line_writes_cases_find_cases_reads(tmp_path: Path) -> None:
             "--shape",
             ",".join(map(str, SHAPE)),
         ],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
@@ -217,7 +206,7 @@ def test_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
     def killed(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(make_demo_data_module.os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         write_case(tmp_path, "case", images, regions)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
@@ -281,6 +270,7 @@ def test_some_cases_have_no_tumour() -> None:
     assert 1 <= sum(empty) <= 10
 
 
+@pytest.mark.slow
 def test_full_size_case(tmp_path: Path) -> None:
     started = time.perf_counter()
     make_demo_data(tmp_path, num_cases=1, seed=0)

@@ -13,6 +13,7 @@ from tests.conftest import REPO
 SCHEMA = REPO.parent / "shared" / "reference" / "meta_schema_20240725.json"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="no local copy of the model-zoo schema")
 def test_verify_metadata_offline():
     result = subprocess.run(

@@ -4,10 +4,12 @@ and the segmentation's classes, and the TorchScript export computes what the eag
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
 
+import pytest
 import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
@@ -44,14 +46,16 @@ def test_verify_net_in_out_with_timesteps():
     )
 
 
+@pytest.mark.slow
 def test_torchscript_export_matches_the_eager_network(tmp_path):
     path = tmp_path / "model.ts"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export.py"), "--filepath", str(path)],
+        [sys.executable, "-m", "scripts.export", "--filepath", str(path)],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,
+        cwd=tmp_path,  # the defaults are the bundle's, wherever it runs from
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     parser = ConfigParser()

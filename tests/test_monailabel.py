@@ -20,6 +20,8 @@ from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
 from tests.test_inference import tiny_weights
 
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
+
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # the metadata's channel_def, the 4-D image's order
 SMALL = {"image_size": 64, "prediction_type": "epsilon", "num_samples": 2, "sampling_steps": 2}
 SMALL_TRAINING = {"image_size": 64, "slices_per_volume": 2, "batch_size": 2}

@@ -11,10 +11,10 @@ from collections.abc import Callable
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
 
 from bundle.data.layouts import DatasetError, find_cases
 from bundle.data.validation import validate_case
+from bundle.workflow.configs import load_config
 from bundle.workflow.options import OptionError, flag
 from tests.bundle_cli import (
     assert_one_line_error,
@@ -24,7 +24,6 @@ from tests.bundle_cli import (
     run_script,
     tiny_weights,
 )
-from tests.conftest import REPO
 
 TRUE_WORDS = ("true", "True", "yes", "on", "1")
 FALSE_WORDS = ("false", "False", "no", "off", "0")
@@ -47,15 +46,6 @@ def test_other_values_are_refused_naming_the_option(value):
 
 
 # --- every boolean key of the configs reads "false" as false --------------------------------
-
-
-def parsed(config_files: list[str], probe: str, **values: object) -> object:
-    """A config item as the bundle builds it, with some keys set as the command line sets them."""
-    parser = ConfigParser()
-    parser.read_config([str(REPO / "configs" / name) for name in config_files])
-    for key, value in values.items():
-        parser[key] = value
-    return parser.get_parsed_content(probe)
 
 
 SWITCH_READERS: dict[str, tuple[list[str], str, Callable[[object], bool]]] = {
@@ -83,7 +73,8 @@ SWITCH_READERS: dict[str, tuple[list[str], str, Callable[[object], bool]]] = {
 def test_every_switch_reads_the_words_of_the_command_line(key):
     files, probe, switched_on = SWITCH_READERS[key]
     for word, meaning in [*((w, True) for w in TRUE_WORDS), *((w, False) for w in FALSE_WORDS)]:
-        assert switched_on(parsed(files, probe, **{key: word})) is meaning, (key, word)
+        parser = load_config(files, {key: word})
+        assert switched_on(parser.get_parsed_content(probe)) is meaning, (key, word)
 
 
 def test_validation_reads_every_voxel_only_when_asked(small_datasets, tmp_path):
@@ -136,10 +127,10 @@ def test_an_output_path_that_is_a_file_is_one_line(small_datasets, tmp_path):
 def test_misspelled_script_options_name_the_nearest_one(small_datasets, tmp_path):
     case = sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[0]
     files = [f"--{m}={case / f'{case.name}_{m}.nii.gz'}" for m in ("t1", "t1ce", "t2", "flair")]
-    result = run_script("segment.py", *files, f"--output_dir={tmp_path}", "--num_sample", 2)
+    result = run_script("segment", *files, f"--output_dir={tmp_path}", "--num_sample", 2)
     assert_one_line_error(result, "unknown option --num_sample", "--num_samples?", returncode=2)
     assert not list(tmp_path.glob("*.nii.gz"))
-    result = run_script("datalist.py", "--dataset_dir", case.parent, "--num_fold", 2)
+    result = run_script("datalist", "--dataset_dir", case.parent, "--num_fold", 2)
     assert_one_line_error(
         result, "unknown option --num_fold (datalist.py has no such option)", returncode=2
     )
@@ -158,7 +149,7 @@ def test_misspelled_script_options_name_the_nearest_one(small_datasets, tmp_path
 def test_bad_datalist_arguments_are_one_line(small_datasets, tmp_path, arguments, message):
     output = tmp_path / "datalist.json"
     result = run_script(
-        "datalist.py", "--dataset_dir", small_datasets["brats2020"], "--output", output, *arguments
+        "datalist", "--dataset_dir", small_datasets["brats2020"], "--output", output, *arguments
     )
     assert_one_line_error(result, message, returncode=2)
     assert not output.exists()

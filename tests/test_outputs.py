@@ -69,7 +69,7 @@ def test_an_output_folder_holding_an_input_is_refused(small_datasets, tmp_path):
     assert_one_line_error(result, f"output folder {case} holds input file {case}/{name}_t1.nii.gz")
     files = [case / f"{name}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
     result = run_script(
-        "segment.py",
+        "segment",
         *(f"--{m}={f}" for m, f in zip(("t1", "t1ce", "t2", "flair"), files, strict=True)),
         f"--output_dir={case}",
         f"--ckpt_path={weights}",
@@ -113,7 +113,7 @@ def test_overwrite_leaves_one_run_s_files_and_evaluation_never_mixes_runs(small_
     # samples an older version left beside newer maps: evaluate.py refuses to mix them
     samples.write_bytes(earlier)
     result = run_script(
-        "evaluate.py",
+        "evaluate",
         f"--predictions={out}",
         f"--dataset_dir={case.parent}",
         "--split=all",
@@ -146,7 +146,7 @@ def test_stray_folders_are_skipped_and_outputs_inside_the_dataset_are_not_read(
     for case in cases:
         assert output_path(out, case, "pred").is_file()
     # and a training datalist of the folder holds the three cases
-    result = run_script("datalist.py", "--dataset_dir", dataset, "--output", tmp_path / "d.json")
+    result = run_script("datalist", "--dataset_dir", dataset, "--output", tmp_path / "d.json")
     assert_ok(result)
     assert "1 training, 1 validation, 1 testing cases" in result.stdout
 

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.data.synthetic import make_demo_data
 from bundle.io.checkpoints import state_digest
 from bundle.io.outputs import expected_outputs, output_path
-from scripts.make_demo_data import make_demo_data
 from scripts.robustness_table import (
     ACCEPTED,
     CORRUPTIONS,
@@ -43,6 +42,7 @@ from tests.bundle_cli import (
     copy_cases,
     infer,
     inference_overrides,
+    run_script,
     tiny_weights,
     train_overrides,
 )
@@ -75,10 +75,11 @@ def test_every_corruption_gets_one_line_naming_case_and_file(corrupted):
 
 def test_robustness_table_is_up_to_date(tmp_path):
     assert (REPO / "docs" / "robustness.md").read_text() == table(tmp_path), (
-        "docs/robustness.md is stale: python scripts/robustness_table.py"
+        "docs/robustness.md is stale: python -m scripts.robustness_table"
     )
 
 
+@pytest.mark.slow
 def test_inference_skips_every_corrupted_case_and_writes_the_good_one(corrupted, tmp_path):
     dataset, good = corrupted
     out = tmp_path / "out"
@@ -98,6 +99,7 @@ def test_inference_skips_every_corrupted_case_and_writes_the_good_one(corrupted,
     assert not any(name.startswith(f"{case}_") for case in bad for name in written)
 
 
+@pytest.mark.slow
 def test_weights_of_another_network_stop_inference_with_one_line(small_datasets, tmp_path):
     weights = tiny_weights(tmp_path / "model.pt")
     overrides = inference_overrides(small_datasets["brats2020"], tmp_path / "out", weights)
@@ -111,6 +113,7 @@ def test_weights_of_another_network_stop_inference_with_one_line(small_datasets,
     assert not list((tmp_path / "out").glob("*.nii.gz"))
 
 
+@pytest.mark.slow
 def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -121,15 +124,7 @@ def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     dataset = tmp_path / "data"
     shutil.copytree(small_datasets["brats2020"], dataset)
     datalist = tmp_path / "datalist.json"
-    assert_ok(
-        subprocess.run(
-            [sys.executable, "scripts/datalist.py", "--dataset_dir", dataset, "--output", datalist],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            env=BUNDLE_ENV,
-        )
-    )
+    assert_ok(run_script("datalist", "--dataset_dir", dataset, "--output", datalist))
     case = json.loads(datalist.read_text())["training"][0]
     Path(case["image"][3]).unlink()
     overrides = train_overrides(dataset, tmp_path / "ckpt", datalist_file=datalist)
@@ -139,6 +134,7 @@ def test_training_stops_on_bad_input_with_one_line(small_datasets, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_state(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     overrides = train_overrides(
@@ -188,6 +184,7 @@ def killed_after(process: subprocess.Popen, ready, timeout: float = 300) -> None
     process.communicate()
 
 
+@pytest.mark.slow
 def test_training_killed_with_sigkill_resumes_from_the_saved_state(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     last = ckpt / "last.pt"
@@ -231,6 +228,7 @@ def complete(path: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_inference_killed_with_sigkill_leaves_only_complete_files(small_datasets, tmp_path):
     dataset = tmp_path / "data"
     cases = copy_cases(small_datasets["brats2020"], dataset, copies=2)  # six cases
@@ -292,10 +290,9 @@ def test_a_header_whose_fields_disagree_is_read_by_one_rule_everywhere(small_dat
     volumes = re.findall(r"(clean|sformonly): tumour ([0-9.]+) ml", log)
     assert len(volumes) == 2 and volumes[0][1] == volumes[1][1]
     # evaluation reads the same geometry, so it takes the bundle's own outputs
-    result = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", "--predictions", out, "--dataset_dir", dataset,
-         "--split", "all", "--output", tmp_path / "eval"],
-        cwd=REPO, capture_output=True, text=True, env=BUNDLE_ENV,
+    result = run_script(
+        "evaluate", "--predictions", out, "--dataset_dir", dataset, "--split", "all",
+        "--output", tmp_path / "eval",
     )  # fmt: skip
     assert_ok(result)
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
+from bundle.diffusion import samplers
 from bundle.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -285,3 +286,29 @@ def test_learned_variance_ends_are_the_fixed_variances() -> None:
     # the deterministic samplers read the prediction and ignore the variance channels
     ddim = DDIMSampler(LEARNED, 10).sample(with_variance(gaussian_eps(mu, sd), 0.3), x_T)
     torch.testing.assert_close(ddim, DDIMSampler(SCHEDULER, 10).sample(gaussian_eps(mu, sd), x_T))
+
+
+def test_a_new_sampler_is_one_class(monkeypatch) -> None:
+    """A name, timesteps and an update step are all a sampler defines: the loop, the network
+    call, the x0 it implies and make_sampler's lookup are shared (docs/architecture.md)."""
+    monkeypatch.setattr(samplers, "SAMPLERS", dict(samplers.SAMPLERS))  # registered for this test
+
+    class FirstOrderSampler(Sampler):
+        """The deterministic first-order step to the next timestep: DDIM with eta 0."""
+
+        name = "first_order"
+
+        def __init__(self, scheduler: DDPMScheduler, num_steps: int) -> None:
+            super().__init__(scheduler, spaced_timesteps(len(scheduler.alphas_cumprod), num_steps))
+
+        def step(self, x, t_next, history, generator):
+            now = history[-1]
+            abar, abar_next = self.alphas_cumprod[now.t], self.alphas_cumprod[t_next]
+            eps = (x - math.sqrt(abar) * now.x0) / math.sqrt(1.0 - abar)
+            return math.sqrt(abar_next) * now.x0 + math.sqrt(1.0 - abar_next) * eps
+
+    sampler = make_sampler("first_order", 10)
+    assert isinstance(sampler, FirstOrderSampler) and sampler.num_steps == 10
+    denoise, x_T = gaussian_eps(0.1, 0.3), _noise(1, 1, 16, 16)
+    expected = DDIMSampler(SCHEDULER, 10).sample(denoise, x_T)
+    torch.testing.assert_close(sampler.sample(denoise, x_T), expected, atol=1e-6, rtol=0)

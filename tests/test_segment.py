@@ -9,12 +9,15 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from bundle.io.outputs import output_path
 from scripts.segment import segment
 from tests.bundle_cli import TINY_DIFFUSION_NET
 from tests.conftest import REPO
 from tests.test_inference import tiny_weights
+
+pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
@@ -54,7 +57,8 @@ def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):
     missing = tmp_path / "no_flair.nii.gz"
     args[-1] = f"--flair={missing}"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "segment.py"), *args, f"--output_dir={tmp_path}"],
+        [sys.executable, "-m", "scripts.segment", *args, f"--output_dir={tmp_path}"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

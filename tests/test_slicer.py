@@ -8,11 +8,12 @@ from pathlib import Path
 import nibabel as nib
 import nrrd
 import numpy as np
+import pytest
 import slicerio
 
+from bundle.data.synthetic import make_demo_data
 from bundle.io.outputs import output_path
 from bundle.io.slicer import write_seg_nrrd
-from scripts.make_demo_data import make_demo_data
 from tests.bundle_cli import assert_ok
 from tests.test_inference import infer, reorient_case, tiny_weights
 
@@ -39,6 +40,7 @@ def test_whole_tumour_segmentation_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.seg.nrrd"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_inference_writes_a_brats_segmentation_in_the_input_geometry(tmp_path):
     source = make_demo_data(str(tmp_path / "src"), num_cases=1, seed=3, shape=(56, 48, 32))[0]
     case = reorient_case(Path(source), tmp_path / "data")  # oblique, permuted, anisotropic

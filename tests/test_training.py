@@ -39,6 +39,7 @@ def losses(log_dir) -> list[float]:
     return [event.value for event in events.Scalars("train_loss")]
 
 
+@pytest.mark.slow
 def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     overrides = train_overrides(
@@ -85,6 +86,7 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     assert any(not torch.equal(weights[k], resumed["model"][k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     ckpt = tmp_path / "ckpt"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
@@ -107,6 +109,7 @@ def test_multi_gpu_config_runs_two_gloo_processes(small_datasets, tmp_path):
     assert state["ema"].keys() == state["model"].keys()
 
 
+@pytest.mark.slow
 def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
     """Both of the paper code's extras on: the weight average is validated and shipped, and the
     network that also learns its variance serves inference (the DDPM sampler's use of the

@@ -20,12 +20,14 @@ def run_datalist(dataset: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "datalist.py"),
+            "-m",
+            "scripts.datalist",
             "--dataset_dir",
             str(dataset),
             "--output",
             str(tmp_path / "datalist.json"),
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,

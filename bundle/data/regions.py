@@ -38,6 +38,15 @@ def region_names(regions: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def region_channel(regions: str | Sequence[str], region: str = "wt") -> int:
+    """The mask channel that holds ``region`` (the whole tumour by default) under a ``regions``
+    setting, so that no code takes a channel's meaning from its position."""
+    names = region_names(regions)
+    if region not in names:
+        raise ValueError(f"regions {list(names)} have no {region!r} channel")
+    return names.index(region)
+
+
 def region_values(layout: str, region: str) -> list[int]:
     """Label values of one region under one layout's numbering."""
     (region,) = region_names([region])

@@ -152,6 +152,13 @@ class SelectSlicesd(MapTransform):
         return out
 
 
+def tumour_slice_indices(label: torch.Tensor, count: int) -> list[int]:
+    """``count`` axial slices spread evenly over those of a (C, H, W, D) label with tumour, for
+    benchmarks on the slices a sampler must get right."""
+    tumour = torch.nonzero(label.flatten(0, -2).any(0)).flatten().tolist()
+    return [tumour[int(i)] for i in np.linspace(0, len(tumour) - 1, count + 2)[1:-1]]
+
+
 def _evenly(values: list[int], n: int) -> list[int]:
     if n <= 0:
         return []

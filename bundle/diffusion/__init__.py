@@ -1,0 +1,3 @@
+"""The diffusion method: the process's maths written once (process), the reverse-diffusion
+samplers, the training step and loss, and the weight average.
+"""

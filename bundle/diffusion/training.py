@@ -1,31 +1,34 @@
 """The diffusion training step: the tumour mask is x0, the MR image is the condition.
 
-With a learned variance (the scheduler's ``variance_type: learned_range``, the paper's code's
-``learn_sigma=True``) the network has two outputs per mask channel, the prediction and the
-variance interpolation v, trained with the hybrid loss of Nichol & Dhariwal (2021):
-MSE on the prediction plus the variational bound for the variance.
+:class:`MaskDiffusionPrepareBatch` draws the noise and timesteps and the target,
+:class:`MaskDiffusionInferer` runs the network on the noised mask next to the image, and
+:func:`diffusion_loss` compares its output with the target. With a learned variance (the
+scheduler's ``variance_type: learned_range``, the paper's code's ``learn_sigma=True``) the
+network has two outputs per mask channel, the prediction and the variance interpolation v,
+trained with the hybrid loss of Nichol & Dhariwal (2021): MSE on the prediction plus the
+variational bound for the variance.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from bundle.diffusion.samplers import predicted_x0
-
-LEARNED_VARIANCE = "learned_range"
-"""The scheduler ``variance_type`` under which the network also predicts its variance."""
-
-
-def learns_variance(scheduler: Scheduler | None) -> bool:
-    """Whether a network trained with this scheduler outputs a variance channel per mask channel."""
-    return getattr(scheduler, "variance_type", None) == LEARNED_VARIANCE
+from bundle.diffusion.process import (
+    learns_variance,
+    mask_to_x0,
+    network_input,
+    posterior,
+    predicted_x0,
+    prediction_target,
+)
 
 
 class HybridTarget(NamedTuple):
@@ -38,17 +41,20 @@ class HybridTarget(NamedTuple):
     timesteps: torch.Tensor
 
 
-def mask_to_x0(mask: torch.Tensor) -> torch.Tensor:
-    """Binary masks {0, 1} become diffusion samples in {-1, +1}, centred like the noise."""
-    return mask * 2.0 - 1.0
-
-
 class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
     """MONAI's diffusion batch preparation with the roles of the keys swapped.
 
-    ``DiffusionPrepareBatch`` noises the batch's ``image``; here the mask (``label``) is noised and
-    the image is concatenated to it (``mode="concat"``, noisy mask first, as
-    ``DiffusionInferer`` and the sampling code both do).
+    ``DiffusionPrepareBatch`` noises the batch's ``image``; here the mask (``label``) is x0 and
+    the image is the condition that :class:`MaskDiffusionInferer` puts next to the noisy mask.
+    The target is what the scheduler's ``prediction_type`` says the network predicts (see
+    :func:`bundle.diffusion.process.prediction_target`), and with a learned variance a
+    :class:`HybridTarget` for :class:`HybridLoss`.
+
+    Args:
+        num_train_timesteps: timesteps are drawn uniformly from [0, num_train_timesteps).
+        mask_key: the batch's binary mask channels, diffused as x0 in {-1, +1}.
+        condition_key: the batch's image.
+        scheduler: the noise scheduler of training (its prediction and variance types).
     """
 
     def __init__(
@@ -61,18 +67,12 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_key)
         self.mask_key = mask_key
         self.scheduler = scheduler
-        self.prediction_type = getattr(scheduler, "prediction_type", "epsilon")
 
     def get_target(
         self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """What the network learns to predict: the noise (the paper's), x0 or v, as the
-        scheduler's ``prediction_type`` says (the samplers read the same attribute)."""
-        if self.prediction_type == "sample":
-            return images
-        if self.prediction_type == "v_prediction":
-            return self.scheduler.get_velocity(images, noise, timesteps)
-        return noise
+        """What the network learns to predict: the noise (the paper's), x0 or v."""
+        return prediction_target(self.scheduler, images, noise, timesteps)
 
     def __call__(
         self,
@@ -85,29 +85,44 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         noise = self.get_noise(x0)
         timesteps = self.get_timesteps(x0)
         condition = batchdata[self.condition_name].to(device, non_blocking=non_blocking, **kwargs)
-        infer_kwargs = {
-            "noise": noise,
-            "timesteps": timesteps,
-            "condition": condition,
-            "mode": "concat",
-        }
+        infer_kwargs = {"noise": noise, "timesteps": timesteps, "condition": condition}
         target = self.get_target(x0, noise, timesteps)
-        if learns_variance(self.scheduler):  # DiffusionInferer noises x0 the same way
+        if learns_variance(self.scheduler):  # MaskDiffusionInferer noises x0 the same way
             x_t = self.scheduler.add_noise(x0, noise, timesteps)
             target = HybridTarget(target, x0, x_t, timesteps)
         return x0, target, (), infer_kwargs
 
 
-def posterior(
-    abar: torch.Tensor, abar_prev: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and log variance of q(x_{t-1} | x_t, x0); ``abar`` broadcasts to x. The variance is 0
-    at t = 0 (abar_prev = 1): callers clip it there, as guided-diffusion does."""
-    beta = 1.0 - abar / abar_prev
-    mean = (abar_prev.sqrt() * beta * x0 + (1.0 - beta).sqrt() * (1.0 - abar_prev) * x_t) / (
-        1.0 - abar
-    )
-    return mean, (beta * (1.0 - abar_prev) / (1.0 - abar)).clamp(min=1e-20).log()
+class MaskDiffusionInferer(Inferer):
+    """The training forward pass: x0 noised to x_t by the scheduler, and the network's
+    prediction from :func:`bundle.diffusion.process.network_input` (x_t, then the image), the
+    input the samplers give it at inference. MONAI's ``DiffusionInferer(mode="concat")`` in the
+    same order, with the order written in one place.
+
+    Args:
+        scheduler: the noise scheduler of training.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+
+    def __call__(  # type: ignore[override]  # the keywords MaskDiffusionPrepareBatch gives
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., torch.Tensor],
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor,
+    ) -> torch.Tensor:
+        x_t = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
+        return network(x=network_input(x_t, condition), timesteps=timesteps)
+
+
+def diffusion_loss(scheduler: Scheduler) -> nn.Module:
+    """The loss of the network's output: MSE on the prediction, or the :class:`HybridLoss` when
+    the scheduler says the network learns its variance (``learn_sigma`` in the configs)."""
+    return HybridLoss(scheduler) if learns_variance(scheduler) else nn.MSELoss()
 
 
 class HybridLoss(nn.Module):
@@ -135,20 +150,13 @@ class HybridLoss(nn.Module):
 
     def bound(self, x0_hat: torch.Tensor, v: torch.Tensor, target: HybridTarget) -> torch.Tensor:
         """Per-sample variational bound term (bits per dimension) for a predicted x0 and v."""
-        abar_all = self.scheduler.alphas_cumprod.to(v.device, torch.float64)
         t = target.timesteps
         first = (t == 0).view((-1,) + (1,) * (v.ndim - 1))
-        abar = abar_all[t].view(first.shape)
-        abar_prev = torch.where(t > 0, abar_all[(t - 1).clamp(min=0)], 1.0).view(first.shape)
-        x0, x_t, v = target.x0.double(), target.x_t.double(), v.double()
-        true_mean, true_log_var = posterior(abar, abar_prev, x0, x_t)
-        # clipped: at t = 0, where the posterior variance is 0, the value of t = 1 stands in
-        clipped = posterior(abar_all[1], abar_all[0], x0, x_t)[1]
-        true_log_var = torch.where(first, clipped, true_log_var)
-        model_mean, _ = posterior(abar, abar_prev, x0_hat.double(), x_t)
-        log_beta = (1.0 - abar / abar_prev).clamp(min=1e-20).log()
-        frac = (v + 1.0) / 2.0
-        model_log_var = frac * log_beta + (1.0 - frac) * true_log_var
+        q = posterior(self.scheduler.alphas_cumprod.to(v.device)).at(t, like=v)
+        x0, x_t = target.x0.double(), target.x_t.double()
+        true_mean, true_log_var = q.mean(x0, x_t), q.log_variance
+        model_mean = q.mean(x0_hat.double(), x_t)
+        model_log_var = q.learned_log_variance(v.double())
         kl = 0.5 * (
             -1.0
             + model_log_var

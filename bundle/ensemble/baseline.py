@@ -38,6 +38,18 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
     With ``mc_dropout`` false (the default) the network runs once and the variance is 0: the
     deterministic U-Net baseline. With ``mc_dropout`` true the N passes keep dropout on and the
     variance of their probabilities is the MC-dropout uncertainty (Gal and Ghahramani 2016).
+
+    Args:
+        num_samples: passes with dropout on (``mc_dropout``); one pass otherwise.
+        mc_dropout: keep dropout on at inference.
+        seed: seed of the dropout masks.
+        memory_budget_mb: memory allowed for network activations per forward pass.
+        brain_threshold: slices with no ``|value| > brain_threshold`` are skipped.
+        mask_channels: C, the network's output channels (one per region).
+        return_samples: append the individual passes to the output.
+        spatial_multiple: the sampled box's height and width are multiples of it.
+        cpu_batch_size: most images per network call on a CPU.
+        nested: make the channels nested regions (see :class:`SliceEnsembleInferer`).
     """
 
     def __init__(
@@ -71,7 +83,6 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
         slices: torch.Tensor,
         keep: torch.Tensor,
         network: Callable[..., torch.Tensor],
-        mask_channels: int,
     ) -> torch.Tensor:
         image = slices[keep]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import torch
@@ -13,7 +12,9 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
+from bundle.diffusion.process import network_input, x0_to_probability
 from bundle.diffusion.samplers import Sampler
+from bundle.ensemble.precision import NetworkRunner
 from bundle.workflow.options import flag
 
 
@@ -23,16 +24,16 @@ class SliceEnsembleInferer(Inferer):
 
     Subclasses draw the N masks of the kept slices (:meth:`_samples`); this class moves volumes
     to slices and back, skips slices without brain, and assembles the output: ``2 * C`` channels,
-    C = ``network.out_channels`` (else ``mask_channels``): the ensemble mean, then the population
-    variance (0 where all samples agree). ``return_samples`` appends the ``N * C`` sample
-    channels, sample-major. ``nested`` makes every sample's channels nested regions (channel k
-    inside channel k - 1, as BraTS's enhancing tumour lies in the core and the core in the whole
-    tumour), so the mean and its thresholded masks are nested too. Slices with no voxel of any
-    channel where ``|value| > brain_threshold`` cost no network call and get 0 everywhere; so do
-    the pixels of kept slices where no channel exceeds it (outside the brain). Only the in-plane
-    bounding box of the brain, grown to a multiple of ``spatial_multiple`` (what the network's
-    downsampling needs), goes through the network. A MetaTensor input gives a MetaTensor output
-    with the input's meta data, as ``Invertd`` needs.
+    C = ``mask_channels`` (one per region, ``num_mask_channels`` in the configs): the ensemble
+    mean, then the population variance (0 where all samples agree). ``return_samples`` appends
+    the ``N * C`` sample channels, sample-major. ``nested`` makes every sample's channels nested
+    regions (channel k inside channel k - 1, as BraTS's enhancing tumour lies in the core and the
+    core in the whole tumour), so the mean and its thresholded masks are nested too. Slices with
+    no voxel of any channel where ``|value| > brain_threshold`` cost no network call and get 0
+    everywhere; so do the pixels of kept slices where no channel exceeds it (outside the brain).
+    Only the in-plane bounding box of the brain, grown to a multiple of ``spatial_multiple``
+    (what the network's downsampling needs), goes through the network. A MetaTensor input gives a
+    MetaTensor output with the input's meta data, as ``Invertd`` needs.
     """
 
     def __init__(
@@ -72,9 +73,7 @@ class SliceEnsembleInferer(Inferer):
             batch, depth = slices.shape[0], slices.shape[-1]
             slices = slices.movedim(-1, 1).reshape(batch * depth, *slices.shape[1:-1])
 
-        module = getattr(network, "module", network)  # a DistributedDataParallel's network
-        mask_channels = self._mask_channels(getattr(module, "out_channels", self.mask_channels))
-        out_channels = mask_channels * (2 + self.num_samples * self.return_samples)
+        out_channels = self.mask_channels * (2 + self.num_samples * self.return_samples)
         # a normal (not inference-mode) tensor, so that in-place post-processing stays allowed
         result = slices.new_zeros(slices.shape[0], out_channels, *slices.shape[2:])
         brain = (slices.abs() > self.brain_threshold).any(1, keepdim=True)
@@ -83,7 +82,7 @@ class SliceEnsembleInferer(Inferer):
             # only the brain's in-plane bounding box is sampled: pixels outside it are air
             box = (..., *brain_box(brain[keep], self.spatial_multiple))
             with torch.inference_mode(), _eval_mode(network):
-                probs = self._samples(slices[box], keep, network, mask_channels)
+                probs = self._samples(slices[box], keep, network)
                 if self.nested:  # each channel inside the one before it, sample by sample
                     probs = probs.cummin(dim=2).values
             kept = result.new_zeros(int(keep.sum()), *result.shape[1:])
@@ -97,16 +96,11 @@ class SliceEnsembleInferer(Inferer):
             result = MetaTensor(result).copy_meta_from(inputs)
         return result
 
-    def _mask_channels(self, network_channels: int) -> int:
-        """C, the mask channels, from the network's output channels."""
-        return network_channels
-
     def _samples(
         self,
         slices: torch.Tensor,
         keep: torch.Tensor,
         network: Callable[..., torch.Tensor],
-        mask_channels: int,
     ) -> torch.Tensor:
         """The N masks in [0, 1] of the kept slices, shape (N, kept, C, H, W)."""
         raise NotImplementedError
@@ -127,18 +121,21 @@ class SliceEnsembleInferer(Inferer):
     ) -> int:
         """How many images go through the network at once: as many as the memory budget holds,
         and on a CPU at most ``cpu_batch_size``, since there an image costs more in a large
-        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256)."""
+        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256).
+        The last call's choice stays in :attr:`batching`, for reports."""
         per_image = activation_bytes_per_image(network, forward, example)
         chunk = max(1, int(self.memory_budget_mb * 2**20 // per_image))
-        return min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
+        chunk = min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
+        self.batching = {"activation_mb_per_image": per_image / 2**20, "images_per_call": chunk}
+        return chunk
 
 
 class ImplicitEnsembleInferer(SliceEnsembleInferer):
     """The implicit ensemble of Wolleb et al. (2022): N diffusion samples of the mask per slice.
 
     Each mask is drawn with ``sampler`` from a network called as
-    ``network(x=torch.cat([x_t, image], dim=1), timesteps=t)`` (noisy mask first, as
-    ``DiffusionInferer(mode="concat")`` trains it) and mapped to [0, 1] as ``(x0 + 1) / 2``.
+    ``network(x=network_input(x_t, image), timesteps=t)``, the input it was trained on (see
+    :mod:`bundle.diffusion.process`), and read as a probability, ``(x0 + 1) / 2``.
 
     All samples of all kept slices form one state tensor whose initial noise is drawn from a
     generator seeded with ``seed`` in a fixed order, so results are reproducible and independent
@@ -152,8 +149,11 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         memory_budget_mb: memory allowed for network activations per forward pass.
         brain_threshold: slices with no ``|value| > brain_threshold`` are skipped.
         progress: show a tqdm bar over the sampler steps.
-        amp: autocast the network to bfloat16 (float16 without bf16 support); CUDA inputs only.
-        mask_channels: C when the network has no ``out_channels`` attribute.
+        amp: run the network in bfloat16 where the device computes it: autocast on CUDA
+            (float16 without bf16 support), a bfloat16 copy on a CPU with AMX / AVX512-BF16
+            (``bundle.ensemble.precision``); float32 elsewhere.
+        mask_channels: C, the masks generated per slice (one per region); a network that learned
+            its variance outputs 2 C channels, which the sampler splits.
         return_samples: append the individual samples to the output.
         spatial_multiple: the sampled box's height and width are multiples of it.
         cpu_batch_size: most images per network call on a CPU.
@@ -188,20 +188,16 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         )
         self.sampler = sampler
         self.progress = progress
-        self.amp = amp
-
-    def _mask_channels(self, network_channels: int) -> int:
-        """A network with a learned variance outputs it after its C predictions."""
-        return network_channels // 2 if self.sampler.learned_variance else network_channels
+        self.amp = flag(amp)
 
     def _samples(
         self,
         slices: torch.Tensor,
         keep: torch.Tensor,
         network: Callable[..., torch.Tensor],
-        mask_channels: int,
     ) -> torch.Tensor:
         num_slices, _, height, width = slices.shape
+        mask_channels = self.mask_channels
         image = slices[keep]
         kept = image.shape[0]
         generator = torch.Generator(device=slices.device).manual_seed(self.seed)
@@ -212,14 +208,13 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             device=slices.device,
         )
         noise = noise[:, keep].reshape(self.num_samples * kept, mask_channels, height, width)
-        autocast = partial(_autocast, slices.device, self.amp)
+        runner = NetworkRunner(network, slices.device, self.amp)
 
         def forward(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
             t = torch.zeros(len(x), dtype=torch.long, device=x.device) if t is None else t
-            with autocast():
-                return network(x=x, timesteps=t)
+            return runner(x, t)
 
-        chunk = self._chunk(network, forward, torch.cat([noise[:1], image[:1]], dim=1))
+        chunk = self._chunk(runner.network, forward, network_input(noise[:1], image[:1]))
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             outputs = []
@@ -227,13 +222,13 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
                 stop = min(start + chunk, x_t.shape[0])
                 # the state is sample-major: row r belongs to kept slice r % kept
                 rows = torch.arange(start, stop, device=x_t.device) % kept
-                x = torch.cat([x_t[start:stop], image[rows]], dim=1)
-                outputs.append(forward(x, t[start:stop]).to(x_t.dtype))
+                x = network_input(x_t[start:stop], image[rows])
+                outputs.append(forward(x, t[start:stop]))
             return torch.cat(outputs)
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)
-        probs = ((x0 + 1) / 2).clamp(0, 1)
+        probs = x0_to_probability(x0)
         return probs.reshape(self.num_samples, kept, mask_channels, height, width)
 
 
@@ -282,14 +277,6 @@ def activation_bytes_per_image(
         for handle in handles:
             handle.remove()
     return max(total, x.numel() * x.element_size())
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 (else float16) autocast on CUDA when ``amp``; a no-op on CPU, where it is slow."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,3 @@
+"""Scores of written outputs against labels (segmentation and uncertainty metrics), the
+validation metric and the figures of the results.
+"""

@@ -14,6 +14,7 @@ computed on the brain's voxels, where the errors can be.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,22 @@ def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     if total == 0:
         return 1.0, 1.0
     return float(2 * intersection / total), float(intersection / (total - intersection))
+
+
+def expected_dice_gap(mean: np.ndarray, threshold: float = 0.5) -> float:
+    """A case's uncertainty from its ensemble mean map alone: 1 minus the Dice that a sample of
+    the ensemble is expected to have against the ensemble's segmentation (mean > threshold).
+
+    Each voxel's mean is the fraction of samples that call it tumour, so a sample's overlap with
+    the segmentation S and its size are, in expectation, the sums of the mean over S and over
+    the volume: the gap is 1 - 2 sum_S(mean) / (|S| + sum(mean)). It is 0 when all samples agree
+    and grows as they disagree relative to the tumour's size (0 with no tumour and no doubt).
+    """
+    seg = mean > threshold
+    denominator = float(seg.sum() + mean.sum())
+    if denominator == 0:
+        return 0.0
+    return 1.0 - 2.0 * float(mean[seg].sum()) / denominator
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> float:
@@ -178,12 +195,55 @@ def qu_brats_score(
     }
 
 
+VARIANCE_FLOOR = 1e-3
+"""A voxel "has variance" above this (a standard deviation of about 0.03 between samples): the
+fraction of wrong voxels that have it says how many errors the map shows at all."""
+
+
+def error_auroc(uncertainty: np.ndarray, error: np.ndarray) -> float:
+    """Area under the ROC curve of an uncertainty map as a detector of the wrong voxels: the
+    chance that a wrong voxel is more uncertain than a right one, ties counting half (the
+    Mann-Whitney statistic). 0.5 is chance; nan when there are no wrong or no right voxels."""
+    uncertainty, error = uncertainty.ravel(), error.ravel().astype(bool)
+    n_wrong = int(error.sum())
+    n_right = error.size - n_wrong
+    if n_wrong == 0 or n_right == 0:
+        return float("nan")
+    _, index = np.unique(uncertainty, return_inverse=True)
+    wrong = np.bincount(index.ravel(), weights=error).astype(np.float64)
+    right = np.bincount(index.ravel()).astype(np.float64) - wrong
+    right_below = np.cumsum(right) - right
+    return float((wrong * (right_below + 0.5 * right)).sum() / (n_wrong * n_right))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank); nan for fewer than 3 pairs
+    or a constant series."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    _, index, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2.0)[index]
+
+
 def uncertainty_metrics(
     variance: np.ndarray, pred: np.ndarray, truth: np.ndarray, brain: np.ndarray
 ) -> dict[str, float]:
     """Does high variance mark the wrong voxels? On the brain's voxels: the mean variance on
     the voxels the segmentation gets wrong and on those it gets right and their ratio (> 1:
-    it does), the variance-error correlation, the UEO and the QU-BraTS score."""
+    it does), the variance-error correlation, the AUROC of the variance for "this voxel is
+    wrong", the fraction of wrong voxels with variance (above :data:`VARIANCE_FLOOR`), the UEO
+    and the QU-BraTS score."""
     brain = brain.astype(bool)
     wrong_sum, n_wrong, right_sum, n_right = variance_on_errors(variance, pred, truth, brain)
     var_wrong = wrong_sum / n_wrong if n_wrong else float("nan")
@@ -196,6 +256,12 @@ def uncertainty_metrics(
         "var_right": var_right,
         "var_ratio": ratio,
         "var_error_corr": variance_error_correlation(variance[brain], error[brain]),
+        "auroc": error_auroc(variance[brain], error[brain]),
+        "errors_with_variance": (
+            float((variance[error & brain] > VARIANCE_FLOOR).mean())
+            if (error & brain).any()
+            else float("nan")
+        ),
         "ueo": uncertainty_error_overlap(uncertainty[brain], error[brain]),
         **qu_brats_score(uncertainty, pred, truth, brain),
     }

@@ -20,11 +20,14 @@ import torch
 
 from bundle.data.datalist import select_cases
 from bundle.data.layouts import DatasetError
+from bundle.data.normalisation import brain_mask
 from bundle.data.regions import region_names, region_values, regions_to_labelmap
 from bundle.data.validation import check_geometry, load_nifti, read_voxels, validate_case
 from bundle.evaluation.metrics import (
     expected_calibration_error,
+    expected_dice_gap,
     segmentation_metrics,
+    spearman,
     uncertainty_metrics,
 )
 from bundle.io.outputs import output_path
@@ -35,9 +38,12 @@ UNCERTAINTY: tuple[str, ...] = (
     "var_right",
     "var_ratio",
     "var_error_corr",
+    "auroc",
+    "errors_with_variance",
     "ece",
     "ueo",
     "qu_brats",
+    "case_uncertainty",
 )
 """Columns of the summary, after the segmentation metrics (cases.csv has the QU-BraTS parts too)."""
 
@@ -117,12 +123,13 @@ def labelled_cases(
     fold: int = 0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    split_file: str | None = None,
     exclude: Sequence[str | Path] = (),
 ) -> list[dict]:
     """The labelled cases of one side of the training split (``all``: the whole folder);
     ``exclude``: folders under ``dataset_dir`` that hold no cases (prediction folders)."""
     selected = select_cases(
-        dataset_dir, split, num_folds, fold, test_fraction, seed, exclude=exclude
+        dataset_dir, split, num_folds, fold, test_fraction, seed, split_file, exclude
     )
     cases = [case for case in selected if "label" in case]
     if not cases:
@@ -147,7 +154,10 @@ def load_case(
             f"case {case_id}: prediction shape {seg.shape} differs from label {label.shape}"
         )
     images = case["image"] if isinstance(case["image"], list) else [case["image"]]
-    brain = np.any([np.asanyarray(nib.load(p).dataobj) != 0 for p in images], axis=0)
+    # the brain as the model's normalisation finds it (channels first)
+    channels = [np.asanyarray(nib.load(p).dataobj, dtype=np.float32) for p in images]
+    stacked = np.concatenate([c.reshape(*label.shape, -1) for c in channels], axis=-1)
+    brain = brain_mask(np.moveaxis(stacked, -1, 0))
     samples_file = output_path(predictions, case_id, "samples")
     samples = None
     if with_samples and samples_file.is_file():
@@ -159,7 +169,7 @@ def load_case(
         "label": label,
         # from the affine, as every step reads geometry (bundle.data.validation), not pixdim
         "spacing": tuple(float(s) for s in nib.affines.voxel_sizes(label_image.affine)[:3]),
-        "brain": brain.reshape(*label.shape, -1).any(-1),
+        "brain": brain,
         "seg": seg,
         **{
             key: _with_channels(case_id, _load(files[key], case_id), files[key], str(regions))
@@ -196,6 +206,7 @@ def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> l
             row.update(segmentation_metrics(pred, truth, volumes["spacing"]))
             row.update(uncertainty_metrics(variance[..., c], pred, truth, brain))
             row["ece"] = expected_calibration_error(mean[..., c][brain], truth[brain])
+            row["case_uncertainty"] = expected_dice_gap(mean[..., c])
             rows.append(row)
     return rows
 
@@ -211,6 +222,10 @@ def summarise(rows: list[dict], method: str) -> list[dict]:
             values = values[~np.isnan(values)]
             if len(values):
                 entry[key], entry[f"{key}_std"] = float(values.mean()), float(values.std())
+        # does the case score rank the cases by how well they are segmented?
+        entry["spearman_uncertainty_dice"] = spearman(
+            [r["case_uncertainty"] for r in group], [r["dice"] for r in group]
+        )
         summary.append(entry)
     return summary
 
@@ -227,8 +242,9 @@ def markdown(summary: list[dict]) -> str:
     correlation with the errors, ECE of the mean map, UEO and QU-BraTS score."""
     lines = [
         "| method | region | samples | cases | Dice | HD95 (mm) | Jaccard | var wrong / right "
-        "| corr(var, error) | ECE | UEO | QU-BraTS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| corr(var, error) | AUROC | errors with var | ECE | UEO | QU-BraTS | case score "
+        "| Spearman(score, Dice) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         var = (
@@ -240,9 +256,15 @@ def markdown(summary: list[dict]) -> str:
             *(_cell(s, m) for m in METRICS),
             var,
             _cell(s, "var_error_corr"),
+            _cell(s, "auroc"),
+            _cell(s, "errors_with_variance"),
             _cell(s, "ece", 4),
             _cell(s, "ueo"),
             _cell(s, "qu_brats"),
+            _cell(s, "case_uncertainty"),
+            "n/a"
+            if np.isnan(s["spearman_uncertainty_dice"])
+            else f"{s['spearman_uncertainty_dice']:.2f}",
         ]
         lines.append(
             f"| {s['method']} | {s['region']} | {s['ensemble']} | {s['cases']} | "
@@ -262,6 +284,7 @@ def evaluate(
     fold: int = 0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    split_file: str | None = None,
 ) -> list[dict]:
     """Score every labelled case of ``split`` (``training``/``validation``/``testing`` as the
     datalist splits ``dataset_dir``; ``all`` for the whole folder) in each prediction folder.
@@ -275,7 +298,9 @@ def evaluate(
     if len(methods) != len(folders):
         raise ValueError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
     region_names(regions)  # fails early on an unknown setting
-    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed, folders)
+    cases = labelled_cases(
+        dataset_dir, split, num_folds, fold, test_fraction, seed, split_file, folders
+    )
     for folder in folders:
         for case in cases:
             check_case(case, folder, regions)

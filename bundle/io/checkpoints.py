@@ -181,25 +181,28 @@ def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3
     networks = networks_in(load_dict)
     if len(networks) == 1 and _is_state_dict(checkpoint):  # a bare state dict, as MONAI reads it
         checkpoint = {next(iter(networks)): checkpoint}
+    shapes = []
     for key, network in networks.items():
         if not isinstance(checkpoint.get(key), dict):
             raise DatasetError(
                 f"checkpoint {path} has no {key!r} state dict (it has {', '.join(checkpoint)})"
             )
         found = _differences(checkpoint[key], network.state_dict())
-        if found:
-            more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
-            raise DatasetError(
-                f"checkpoint {path} does not match network_def: {'; '.join(found[:shown])}{more}"
-            )
-    for key, obj in load_dict.items():
-        if isinstance(obj, WeightSettings) and isinstance(checkpoint.get(key), dict):
-            found = obj.differences(checkpoint[key])
-            if found:
-                raise DatasetError(
-                    f"checkpoint {path} was trained with other settings than the config's: "
-                    + "; ".join(found)
-                )
+        more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
+        shapes += [f"{'; '.join(found[:shown])}{more}"] if found else []
+    # the settings too, so that a setting that changes shapes (regions, learn_sigma) is named
+    settings = [
+        found
+        for key, obj in load_dict.items()
+        if isinstance(obj, WeightSettings) and isinstance(checkpoint.get(key), dict)
+        for found in obj.differences(checkpoint[key])
+    ]
+    trained = f"trained with other settings than the config's: {'; '.join(settings)}"
+    if shapes:
+        also = f"; it was {trained}" if settings else ""
+        raise DatasetError(f"checkpoint {path} does not match network_def: {shapes[0]}{also}")
+    if settings:
+        raise DatasetError(f"checkpoint {path} was {trained}")
     for key, obj in load_dict.items():
         if isinstance(obj, Engine) and isinstance(checkpoint.get(key), dict):
             _check_epochs(path, checkpoint[key], obj)
@@ -236,3 +239,13 @@ class CheckpointLoader(MonaiCheckpointLoader):
         missing = check_checkpoint(self.load_path, self.load_dict)
         self.load_dict = {k: v for k, v in self.load_dict.items() if k not in missing}
         super().attach(engine)
+
+
+def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a checkpoint's weights into ``network`` (in eval mode) for scripts that run it
+    outside a workflow: a bare state dict (the demo weights) or a training checkpoint
+    ``{"model": state_dict, "settings": ...}``, checked first by :func:`check_checkpoint`."""
+    check_checkpoint(path, {"model": network})
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint if _is_state_dict(checkpoint) else checkpoint["model"])
+    return network.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
-from bundle.data.layouts import MODALITIES, case_id_from_path  # noqa: E402
+from bundle.data.layouts import DEFAULT_LAYOUT, MODALITIES, case_id_from_path  # noqa: E402
+from bundle.data.regions import region_channel, region_values  # noqa: E402
+from bundle.evaluation.metrics import expected_dice_gap, overlap  # noqa: E402
 from bundle.io.atomic import atomic_path  # noqa: E402
 from bundle.io.outputs import output_path  # noqa: E402
 from bundle.workflow.options import flag  # noqa: E402
@@ -28,9 +31,11 @@ def _canonical(path: Path, channel: int | None = None) -> np.ndarray:
     return data[..., channel] if channel is not None else data
 
 
-def write_quicklook(case: dict, output_dir: str | Path) -> Path:
-    """FLAIR with the segmentation outline, the mean and the variance, on the axial slice (RAS)
-    with the most tumour, read back from the written files."""
+def write_quicklook(
+    case: dict, output_dir: str | Path, regions: str | Sequence[str] = "wt"
+) -> Path:
+    """FLAIR with the segmentation outline, the whole tumour's mean and variance, on the axial
+    slice (RAS) with the most tumour, read back from the written files (maps of ``regions``)."""
     case_id = case["case_id"]
     png = output_path(output_dir, case_id, "quicklook")
     images = case["image"]
@@ -40,9 +45,10 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
     else:
         flair = _canonical(Path(images[flair_index]))
     seg = _canonical(output_path(output_dir, case_id, "pred")) > 0
-    # per-region maps (X, Y, Z, C): the first region, the whole tumour, is shown
+    # per-region maps (X, Y, Z, C): the whole tumour's is shown
+    wt = region_channel(regions, "wt")
     mean, var = (
-        _canonical(output_path(output_dir, case_id, k)).reshape(*seg.shape, -1)[..., 0]
+        _canonical(output_path(output_dir, case_id, k)).reshape(*seg.shape, -1)[..., wt]
         for k in ("mean", "variance")
     )
     per_slice = seg.reshape(-1, seg.shape[2]).sum(0)
@@ -71,21 +77,50 @@ def write_quicklook(case: dict, output_dir: str | Path) -> Path:
     return png
 
 
-def case_summary(seg: np.ndarray, variance: np.ndarray, voxel_ml: float) -> dict[str, float]:
-    """Tumour volume (ml) and mean variance inside the predicted tumour."""
+def case_summary(
+    seg: np.ndarray, mean: np.ndarray, variance: np.ndarray, voxel_ml: float
+) -> dict[str, float]:
+    """Tumour volume (ml), mean variance inside the predicted tumour and the case's uncertainty
+    score (:func:`bundle.evaluation.metrics.expected_dice_gap` of the whole-tumour mean)."""
     tumour = seg > 0
     return {
         "tumour_ml": float(tumour.sum() * voxel_ml),
         "variance_in_tumour": float(variance[tumour].mean()) if tumour.any() else 0.0,
+        "uncertainty": expected_dice_gap(mean),
     }
 
 
-class CaseSummary:
-    """Evaluator handler: one line per case (volume, variance, seconds) and its quick-look PNG."""
+def whole_tumour_dice(seg: np.ndarray, case: dict) -> float | None:
+    """Dice of a segmentation (voxels > 0, the input's voxel grid) against the case's expert
+    label as whole tumour, or None for a case without a label."""
+    if "label" not in case:
+        return None
+    label = np.asanyarray(nib.load(case["label"]).dataobj)
+    truth = np.isin(label, region_values(case.get("layout", DEFAULT_LAYOUT), "wt"))
+    return overlap(seg.reshape(truth.shape) > 0, truth)[0]
 
-    def __init__(self, output_dir: str, datalist: list[dict], quicklook: bool = True) -> None:
+
+class CaseSummary:
+    """Evaluator handler: one line per case (whole-tumour volume, its mean variance, the case's
+    uncertainty score, its whole-tumour Dice when it has a label, seconds) and its quick-look PNG.
+
+    Args:
+        output_dir: the inference run's output folder (the quick-looks go there too).
+        datalist: the cases of the run, by ``case_id``.
+        regions: the mask channels of the run's maps (``region_names``).
+        quicklook: write the PNG.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        datalist: list[dict],
+        regions: str | Sequence[str] = "wt",
+        quicklook: bool = True,
+    ) -> None:
         self.output_dir = output_dir
         self.cases = {case["case_id"]: case for case in datalist}
+        self.regions = regions
         self.quicklook = flag(quicklook)
         self._start = 0.0
 
@@ -101,12 +136,21 @@ class CaseSummary:
             seg = item["pred"]
             case_id = case_id_from_path(seg.meta["filename_or_obj"])
             voxel_ml = float(np.prod(np.asarray(seg.pixdim[:3]))) / 1000.0
-            # the whole tumour: any label, and the first variance channel
-            whole_tumour_var = item["variance"][:1].cpu().numpy()
-            stats = case_summary(seg.cpu().numpy(), whole_tumour_var, voxel_ml)
+            # the whole tumour: any label, and its mean and variance channel
+            wt = region_channel(self.regions, "wt")
+            segmentation = seg.cpu().numpy()
+            stats = case_summary(
+                segmentation,
+                item["mean"][wt : wt + 1].cpu().numpy(),
+                item["variance"][wt : wt + 1].cpu().numpy(),
+                voxel_ml,
+            )
             if self.quicklook:
-                write_quicklook(self.cases[case_id], self.output_dir)
+                write_quicklook(self.cases[case_id], self.output_dir, self.regions)
+            dice = whole_tumour_dice(segmentation, self.cases[case_id])
+            scored = "" if dice is None else f", whole-tumour Dice {dice:.3f} against its label"
             logger.info(
                 f"{case_id}: tumour {stats['tumour_ml']:.1f} ml, mean variance in tumour "
-                f"{stats['variance_in_tumour']:.4f}, {time.perf_counter() - self._start:.1f} s"
+                f"{stats['variance_in_tumour']:.4f}, uncertainty {stats['uncertainty']:.3f}"
+                f"{scored}, {time.perf_counter() - self._start:.1f} s"
             )

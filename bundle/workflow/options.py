@@ -16,7 +16,7 @@ import errno
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from pydoc import locate
 from types import FrameType, TracebackType
@@ -30,7 +30,8 @@ from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
 from bundle.data.layouts import SPLITS, DatasetError
 from bundle.data.regions import region_names
-from bundle.diffusion.samplers import PREDICTION_TYPES, SAMPLER_NAMES
+from bundle.diffusion.process import PREDICTION_TYPES
+from bundle.diffusion.samplers import SAMPLERS
 
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}
@@ -88,8 +89,9 @@ def number(low: float, high: float | None = None, high_included: bool = True) ->
     return check
 
 
-def choice(values: Sequence[str]) -> Callable[[Any, str], str]:
-    """A check of one of ``values``."""
+def choice(values: Collection[str]) -> Callable[[Any, str], str]:
+    """A check of one of ``values`` (a dict's keys as they are when the check runs: a sampler
+    registered later counts)."""
 
     def check(value: Any, name: str) -> str:
         if value not in values:
@@ -140,7 +142,14 @@ SWITCHES: tuple[str, ...] = (
 """The boolean keys of the configs and scripts; each is read with :func:`flag`."""
 
 COUNTS = ("num_samples", "sampling_steps", "val_num_samples", "val_sampling_steps", "epochs")
-SIZES = ("batch_size", "val_interval", "slices_per_volume", "val_slices_per_volume", "num_folds")
+SIZES = (
+    "batch_size",
+    "cpu_batch_size",
+    "val_interval",
+    "slices_per_volume",
+    "val_slices_per_volume",
+    "num_folds",
+)
 
 CHECKS: dict[str, Callable[[Any, str], Any]] = {
     **dict.fromkeys(SWITCHES, flag),
@@ -152,8 +161,8 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "sampling_eta": number(0.0, 1.0),
     "test_fraction": number(0.0, 1.0, high_included=False),
     "split": choice(("all", *SPLITS)),
-    "sampler": choice(SAMPLER_NAMES),
-    "val_sampler": choice(SAMPLER_NAMES),
+    "sampler": choice(SAMPLERS),
+    "val_sampler": choice(SAMPLERS),
     "prediction_type": choice(PREDICTION_TYPES),
     "regions": regions,
     "device": device,

@@ -1,0 +1,350 @@
+"""What makes the implicit ensemble's samples disagree where the model is wrong? (issue 16)
+
+    python -m scripts.uncertainty_study --dataset_dir ../shared/data/brats18 \
+        --split_file configs/brats18_split.json \
+        --models "{'x0': 'runs/wt_x0/model.pt', 'epsilon': 'runs/wt_eps/model.pt'}" \
+        --output docs/uncertainty
+
+Each model (its prediction type and settings are read from the checkpoint) samples ``num_samples``
+masks of every ``slice_stride``-th brain slice of the held-out cases (``sides`` of the split, in
+the network's grid) for every sampler setting: DDIM with ``etas`` x ``steps``, and the paper's
+1000-step DDPM on ``ddpm_slices`` tumour slices per case. For each setting and ensemble size k
+(the first k samples) it scores, per case and then averaged over cases: the ensemble's Dice
+(mean > 0.5), the variance's voxel AUROC for "the segmentation is wrong" inside the brain, the
+fraction of wrong voxels with variance, UEO, ECE of the mean map, QU-BraTS and the case score
+(:func:`bundle.evaluation.metrics.expected_dice_gap`) with its Spearman correlation with Dice.
+Writes ``study.csv``, ``study.md`` and figures under ``output`` and prints the setting that
+:func:`choose` picks.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from monai.transforms import Compose  # noqa: E402
+
+from bundle.data.datalist import build_datalist  # noqa: E402
+from bundle.diffusion.samplers import make_sampler  # noqa: E402
+from bundle.ensemble.inferers import ImplicitEnsembleInferer  # noqa: E402
+from bundle.evaluation.metrics import (  # noqa: E402
+    expected_calibration_error,
+    expected_dice_gap,
+    overlap,
+    spearman,
+    uncertainty_metrics,
+)
+from bundle.io.checkpoints import load_weights  # noqa: E402
+from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
+from bundle.workflow.options import run_cli  # noqa: E402
+
+ENSEMBLE = 5
+"""The ensemble size the defaults are chosen for (the shipped inference's)."""
+COLUMNS = (
+    "dice",
+    "auroc",
+    "errors_with_variance",
+    "ueo",
+    "ece",
+    "qu_brats",
+    "case_uncertainty",
+)
+
+
+def held_out_slices(
+    dataset_dir: str, split_file: str | None, sides: Sequence[str], slice_stride: int
+) -> list[dict]:
+    """Every ``slice_stride``-th brain slice of each case of ``sides``, in the network's grid,
+    through the training config's own loading transforms: image (S, 4, H, W), label (S, C, H,
+    W), brain (S, H, W) and the indices of the slices with tumour."""
+    parser = load_config("train.yaml", {"dataset_dir": dataset_dir, "split_file": split_file})
+    datalist = build_datalist(dataset_dir, validate=False, split_file=split_file)
+    loader = Compose(parser.get_parsed_content("load_transforms"))
+    cases = []
+    for case in [c for side in sides for c in datalist[side]]:
+        item = loader(dict(case))
+        image, label = item["image"].movedim(-1, 0), item["label"].movedim(-1, 0)
+        brain = (image.abs() > 0).any(1)
+        picks = torch.nonzero(brain.flatten(1).any(1)).flatten()[::slice_stride]
+        tumour = torch.nonzero(label[picks].flatten(1).any(1)).flatten()
+        cases.append(
+            {
+                "case_id": case["case_id"],
+                "image": image[picks],
+                "label": label[picks].numpy() > 0,
+                "brain": brain[picks].numpy(),
+                "tumour_slices": tumour,
+            }
+        )
+    return cases
+
+
+def load_model(ckpt_path: str) -> tuple[torch.nn.Module, object]:
+    """The network and noise scheduler the checkpoint was trained with, from inference.yaml and
+    the settings stored in the checkpoint (prediction type, variance type)."""
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)["settings"]["scheduler"]
+    parser = load_config(
+        "inference.yaml",
+        {
+            "prediction_type": stored["prediction_type"],
+            "learn_sigma": stored["variance_type"] == "learned_range",
+        },
+    )
+    network = parser.get_parsed_content("network_def")
+    load_weights(network, ckpt_path)
+    return network.eval(), parser.get_parsed_content("noise_scheduler")
+
+
+def draw(
+    network: torch.nn.Module,
+    scheduler: object,
+    image: torch.Tensor,
+    sampler: str,
+    steps: int,
+    eta: float,
+    num_samples: int,
+    seed: int,
+) -> np.ndarray:
+    """``num_samples`` masks in [0, 1] of (S, 4, H, W) slices: (N, S, C, H, W)."""
+    inferer = ImplicitEnsembleInferer(
+        make_sampler(sampler, steps, scheduler, eta=eta),
+        num_samples=num_samples,
+        seed=seed,
+        return_samples=True,
+    )
+    out = inferer(image, network)
+    channels = (out.shape[1]) // (2 + num_samples)
+    samples = out[:, 2 * channels :].reshape(len(image), num_samples, channels, *out.shape[2:])
+    return samples.movedim(1, 0).numpy()
+
+
+SAMPLE_FORMS = ("soft", "binary")
+"""How the samples enter the mean and variance: as the sampler's [0, 1] x0 estimates, or each
+thresholded at 0.5 first (N masks, the mean then a vote)."""
+
+
+def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """Whole-tumour metrics of an ensemble (N, S, C, H, W) of one case's slices."""
+    mean, variance = samples[:, :, 0].mean(0), samples[:, :, 0].var(0)
+    truth = label[:, 0]
+    seg = mean > 0.5
+    row = {"dice": overlap(seg, truth)[0]}
+    row.update(uncertainty_metrics(variance, seg, truth, brain))
+    row["ece"] = expected_calibration_error(mean[brain], truth[brain])
+    row["case_uncertainty"] = expected_dice_gap(mean)
+    return {key: row[key] for key in COLUMNS}
+
+
+def choose(
+    summary: list[dict], size: int = 5, dice_margin: float = 0.005, min_auroc: float = 0.90
+) -> dict:
+    """The default by a stated rule: among ``size``-sample ensembles, the fewest network
+    evaluations (steps) whose Dice is within ``dice_margin`` of the best and whose AUROC is at
+    least ``min_auroc``; if none reaches that AUROC, the highest AUROC within the Dice margin."""
+    five = [s for s in summary if s["k"] == size]
+    best = max(s["dice"] for s in five)
+    close = [s for s in five if s["dice"] >= best - dice_margin]
+    good = [s for s in close if s["auroc"] >= min_auroc]
+    if good:
+        return min(good, key=lambda s: (s["steps"], -s["auroc"]))
+    return max(close, key=lambda s: s["auroc"])
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Means over cases per model, setting and ensemble size, and the case score's Spearman
+    correlation with Dice across the cases."""
+    keys = ("model", "sampler", "steps", "eta", "samples", "k")
+    summary = []
+    for group_key in dict.fromkeys(tuple(r[k] for k in keys) for r in rows):
+        group = [r for r in rows if tuple(r[k] for k in keys) == group_key]
+        entry = dict(zip(keys, group_key, strict=True))
+        entry["cases"] = len(group)
+        entry["seconds"] = group[0]["seconds"]
+        for column in COLUMNS:
+            values = np.array([r[column] for r in group], dtype=float)
+            entry[column] = float(np.nanmean(values)) if (~np.isnan(values)).any() else np.nan
+        entry["spearman"] = spearman(
+            [r["case_uncertainty"] for r in group], [r["dice"] for r in group]
+        )
+        summary.append(entry)
+    return summary
+
+
+def markdown(summary: list[dict], sizes: Sequence[int]) -> str:
+    """One line per model and setting at the ensemble sizes shown, with one-sample Dice."""
+    lines = [
+        "| model | sampler | steps | eta | samples | k | Dice | 1-sample Dice | AUROC "
+        "| errors with var | UEO | ECE | QU-BraTS | case score | Spearman | s per slice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    setting = ("model", "sampler", "steps", "eta", "samples")
+    single = {tuple(s[k] for k in setting): s for s in summary if s["k"] == 1}
+    for s in summary:
+        if s["k"] not in sizes:
+            continue
+        one = single[tuple(s[k] for k in setting)]["dice"]
+        cells = [f"{s[c]:.4f}" if c == "ece" else f"{s[c]:.3f}" for c in COLUMNS]
+        dice, rest = cells[0], cells[1:]
+        lines.append(
+            f"| {s['model']} | {s['sampler']} | {s['steps']} | {s['eta']} | {s['samples']} "
+            f"| {s['k']} | {dice} "
+            f"| {one:.3f} | {' | '.join(rest)} | {s['spearman']:.2f} | {s['seconds']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], output: Path) -> list[Path]:
+    """Dice and AUROC against steps (5 samples), and against ensemble size (each model's
+    default-like DDIM settings), and the Dice-AUROC trade-off of every setting."""
+    paths = []
+    ddim = [s for s in summary if s["sampler"] == "ddim"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for model, eta, form in dict.fromkeys((s["model"], s["eta"], s["samples"]) for s in ddim):
+        line = sorted(
+            (
+                s
+                for s in ddim
+                if (s["model"], s["eta"], s["samples"], s["k"]) == (model, eta, form, ENSEMBLE)
+            ),
+            key=lambda s: s["steps"],
+        )
+        steps, name = [s["steps"] for s in line], f"{model}, eta {eta:g}, {form}"
+        axes[0].plot(steps, [s["dice"] for s in line], "o-", label=name)
+        axes[1].plot(steps, [s["auroc"] for s in line], "o-", label=name)
+    for ax, name in zip(axes, ("Dice (5 samples)", "variance AUROC for errors"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("DDIM steps")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("held-out real BraTS 2018 cases")
+    fig.tight_layout()
+    paths.append(output / "steps.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    setting = ("model", "sampler", "steps", "eta", "samples")
+    for key in dict.fromkeys(tuple(s[k] for k in setting) for s in summary):
+        line = sorted(
+            (s for s in summary if tuple(s[k] for k in setting) == key), key=lambda s: s["k"]
+        )
+        if len(line) < 3:
+            continue
+        label = f"{key[0]} {key[1]} {key[2]} eta {key[3]:g} {key[4]}"
+        axes[0].plot([s["k"] for s in line], [s["dice"] for s in line], ".-", label=label)
+        axes[1].plot([s["k"] for s in line], [s["auroc"] for s in line], ".-", label=label)
+    for ax, name in zip(axes, ("Dice", "variance AUROC for errors"), strict=True):
+        ax.set_xlabel("ensemble size")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6)
+    fig.suptitle("held-out real BraTS 2018 cases")
+    fig.tight_layout()
+    paths.append(output / "ensemble_size.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    five = [s for s in summary if s["k"] == ENSEMBLE]
+    for model in dict.fromkeys(s["model"] for s in five):
+        points = [s for s in five if s["model"] == model]
+        ax.scatter([s["auroc"] for s in points], [s["dice"] for s in points], label=model)
+        for s in points:
+            tag = f"{s['sampler']} {s['steps']} eta {s['eta']:g} {s['samples']}"
+            ax.annotate(tag, (s["auroc"], s["dice"]), fontsize=6)
+    ax.set_xlabel("variance AUROC for errors (brain voxels)")
+    ax.set_ylabel("Dice (5 samples)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Dice against uncertainty, held-out real cases")
+    fig.tight_layout()
+    paths.append(output / "tradeoff.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def study(
+    dataset_dir: str,
+    models: dict[str, str],
+    output: str = "docs/uncertainty",
+    split_file: str | None = str(BUNDLE_ROOT / "configs" / "brats18_split.json"),
+    sides: Sequence[str] = ("validation", "testing"),
+    slice_stride: int = 4,
+    steps: Sequence[int] = (1, 2, 5, 10, 25),
+    etas: Sequence[float] = (0.0, 1.0),
+    num_samples: int = 16,
+    ddpm_slices: int = 2,
+    seed: int = 0,
+    sizes: Sequence[int] = (1, 2, 5, 10, 16),
+) -> dict:
+    """Run the study; returns the setting :func:`choose` picks."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = held_out_slices(dataset_dir, split_file, sides, slice_stride)
+    print(
+        f"{len(cases)} cases, {sum(len(c['image']) for c in cases)} slices, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
+    settings = [("ddim", k, eta) for eta in etas for k in steps]
+    settings += [("ddpm", 1000, 1.0)] if ddpm_slices else []
+    shown = min(ENSEMBLE, num_samples)
+    rows = []
+    for model, ckpt in models.items():
+        network, scheduler = load_model(ckpt)
+        for sampler, k, eta in settings:
+            took, slices, case_rows = 0.0, 0, []
+            for case in cases:
+                picks = case["tumour_slices"][:ddpm_slices] if sampler == "ddpm" else slice(None)
+                image = case["image"][picks]
+                start = time.perf_counter()
+                samples = draw(network, scheduler, image, sampler, k, eta, num_samples, seed)
+                took, slices = took + time.perf_counter() - start, slices + len(image)
+                for form in SAMPLE_FORMS:
+                    drawn = samples if form == "soft" else (samples > 0.5).astype(np.float32)
+                    for size in range(1, num_samples + 1):
+                        metrics = score(drawn[:size], case["label"][picks], case["brain"][picks])
+                        case_rows.append(
+                            {"case": case["case_id"], "samples": form, "k": size, **metrics}
+                        )
+            seconds = took / slices
+            setting = {"model": model, "sampler": sampler, "steps": k, "eta": eta}
+            rows += [{**setting, "seconds": seconds, **r} for r in case_rows]
+            latest = [r for r in rows if r["model"] == model and r["k"] == shown]
+            for five in summarise(latest)[-len(SAMPLE_FORMS) :]:
+                print(
+                    f"{model} {sampler} {k} eta {eta} {five['samples']}: Dice {five['dice']:.3f}"
+                    f", AUROC {five['auroc']:.3f}, case score {five['case_uncertainty']:.3f}, "
+                    f"{seconds:.3f} s per slice",
+                    flush=True,
+                )
+    with open(out / "study.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    chosen = choose([s for s in summary if s["sampler"] == "ddim"], shown)
+    report = markdown(summary, sizes)
+    report += (
+        f"\nChosen by the rule: {chosen['model']}, {chosen['sampler']} {chosen['steps']} steps, "
+        f"eta {chosen['eta']}, {chosen['samples']} samples (Dice {chosen['dice']:.3f}, AUROC "
+        f"{chosen['auroc']:.3f}).\n"
+    )
+    (out / "study.md").write_text(report)
+    plot(summary, out)
+    print(report)
+    return chosen
+
+
+if __name__ == "__main__":
+    run_cli(study)
