@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ast
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -13,8 +11,7 @@ import pytest
 
 from bundle.io.outputs import output_path
 from scripts.segment import segment
-from tests.bundle_cli import TINY_DIFFUSION_NET
-from tests.conftest import REPO
+from tests.bundle_cli import TINY_DIFFUSION_NET, assert_one_line_error, run_script
 from tests.test_inference import tiny_weights
 
 pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
@@ -56,13 +53,5 @@ def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):
     args = [f"--{m}={case / f'{case.name}_{m}.nii.gz'}" for m in MODALITIES]
     missing = tmp_path / "no_flair.nii.gz"
     args[-1] = f"--flair={missing}"
-    result = subprocess.run(
-        [sys.executable, "-m", "scripts.segment", *args, f"--output_dir={tmp_path}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
-    assert "Traceback" not in result.stderr
+    result = run_script("segment", *args, f"--output_dir={tmp_path}")
+    assert_one_line_error(result, str(missing), returncode=2)

@@ -6,32 +6,17 @@ import gzip
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.bundle_cli import run_script
 
 
 def run_datalist(dataset: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.datalist",
-            "--dataset_dir",
-            str(dataset),
-            "--output",
-            str(tmp_path / "datalist.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_script("datalist", "--dataset_dir", dataset, "--output", tmp_path / "datalist.json")
 
 
 @pytest.fixture
