@@ -48,30 +48,36 @@ def test_other_values_are_refused_naming_the_option(value):
 # --- every boolean key of the configs reads "false" as false --------------------------------
 
 
-SWITCH_READERS: dict[str, tuple[list[str], str, Callable[[object], bool]]] = {
-    "learn_sigma": (["inference.yaml"], "network_def", lambda net: net.out_channels == 2),
-    "save_samples": (["inference.yaml"], "inferer", lambda inferer: inferer.return_samples),
-    "quicklook": (["inference.yaml"], "case_filter", lambda cases: "quicklook" in cases.outputs),
-    "overwrite": (["inference.yaml"], "case_filter", lambda cases: cases.overwrite),
-    "amp": (["train.yaml"], "train#trainer#amp", lambda amp: amp),
-    "ema": (["train.yaml"], "weight_average", lambda average: average.enabled),
-    "augment": (
+SWITCH_READERS: list[tuple[str, list[str], str, Callable[[object], bool]]] = [
+    ("learn_sigma", ["inference.yaml"], "network_def", lambda net: net.out_channels == 2),
+    ("save_samples", ["inference.yaml"], "inferer", lambda inferer: inferer.return_samples),
+    ("quicklook", ["inference.yaml"], "case_filter", lambda cases: "quicklook" in cases.outputs),
+    ("overwrite", ["inference.yaml"], "case_filter", lambda cases: cases.overwrite),
+    ("amp", ["inference.yaml"], "inferer", lambda inferer: inferer.amp),
+    ("amp", ["train.yaml"], "train#trainer#amp", lambda amp: amp),
+    ("ema", ["train.yaml"], "weight_average", lambda average: average.enabled),
+    (
+        "augment",
         ["train.yaml"],
         "train#preprocessing",
         lambda chain: any(type(t).__name__ == "RandFlipd" for t in chain.transforms),
     ),
-    "mc_dropout": (
+    (
+        "mc_dropout",
         ["inference.yaml", "baseline_unet_inference.yaml"],
         "inferer",
         lambda inferer: inferer.mc_dropout,
     ),
-}
-"""Per switch: the configs, the item that reads it, and whether that item has it on."""
+]
+"""Per switch and config: the item that reads it, and whether that item has it on."""
 
 
-@pytest.mark.parametrize("key", sorted(SWITCH_READERS))
-def test_every_switch_reads_the_words_of_the_command_line(key):
-    files, probe, switched_on = SWITCH_READERS[key]
+@pytest.mark.parametrize(
+    ("key", "files", "probe", "switched_on"),
+    SWITCH_READERS,
+    ids=[f"{key}-{files[-1]}" for key, files, *_ in SWITCH_READERS],
+)
+def test_every_switch_reads_the_words_of_the_command_line(key, files, probe, switched_on):
     for word, meaning in [*((w, True) for w in TRUE_WORDS), *((w, False) for w in FALSE_WORDS)]:
         parser = load_config(files, {key: word})
         assert switched_on(parser.get_parsed_content(probe)) is meaning, (key, word)
