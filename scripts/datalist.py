@@ -3,13 +3,17 @@
     python -m scripts.datalist --dataset_dir data/demo --output datalist.json --num_folds 5 --fold 0
 
 Every case is validated on the way (files present and readable, one shape and affine across
-modalities, labels in the layout's set): a bad case stops the command with a message naming it.
+modalities, labels in the layout's set): a bad case stops the command with a message naming it,
+and so does a split without a training or a validation case. The datalist holds absolute paths;
+relative ones in a hand-written datalist are read from the datalist's folder.
 """
 
 from __future__ import annotations
 
-from bundle.data.datalist import build_datalist, write_json
-from bundle.workflow.options import run_cli
+from pathlib import Path
+
+from bundle.data.datalist import build_datalist, check_trainable, split_counts, write_json
+from bundle.workflow.options import OptionError, run_cli
 
 
 def datalist(
@@ -22,12 +26,14 @@ def datalist(
     read_data: bool = True,
 ) -> dict:
     """Validate and split ``dataset_dir``; write the datalist to ``output`` and return it."""
-    result = build_datalist(dataset_dir, num_folds, fold, test_fraction, seed, read_data)
+    if Path(output).is_dir():
+        raise OptionError(f"--output {output} is a folder; give the datalist file's name")
+    folder = Path(dataset_dir).absolute()  # the datalist holds whole paths
+    result = build_datalist(folder, num_folds, fold, test_fraction, seed, read_data)
+    check_trainable(result, f"dataset folder {dataset_dir}")
     write_json(result, output)
-    counts = ", ".join(f"{len(result[k])} {k}" for k in ("training", "validation", "testing"))
-    print(
-        f"{result['layout']} dataset {dataset_dir}: {counts} (fold {fold}/{num_folds}) -> {output}"
-    )
+    where = f"(fold {fold}/{num_folds}) -> {output}"
+    print(f"{result['layout']} dataset {dataset_dir}: {split_counts(result)} cases {where}")
     return result
 
 

@@ -3,35 +3,43 @@
     python -m scripts.robustness_table --output docs/robustness.md
 
 Copies one synthetic case once per corruption in CORRUPTIONS (truncated and garbled files, odd
-data types, NaN, empty modalities, wrong shapes, affines and labels, missing and extra files),
-runs on each the validation that training, inference and evaluation run before any work, and
-tabulates the messages, with those of bad dataset folders, datalists, checkpoints and
-predictions. tests/test_robustness.py checks that the committed table is what this writes, and
-runs the same corrupted folder through ``monai.bundle run inference``.
+data types, NaN, empty modalities, wrong shapes, affines, headers and labels, missing and extra
+files), runs on each the validation that training, inference and evaluation run before any
+work, and tabulates the messages (and warnings), with those of bad dataset folders, datalists,
+splits, command-line options, checkpoints, output folders and predictions.
+tests/test_robustness.py checks that the committed table is what this writes, and runs the same
+corrupted folder through ``monai.bundle run inference``.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
+import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import monai.bundle
 import nibabel as nib
 import numpy as np
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
 from bundle.data.datalist import load_datalist, write_json
-from bundle.data.layouts import DatasetError, find_cases
+from bundle.data.layouts import find_cases
 from bundle.data.synthetic import make_demo_data
 from bundle.data.validation import validate_case
 from bundle.evaluation.scoring import check_case
+from bundle.io.atomic import atomic_path
 from bundle.io.checkpoints import check_checkpoint
-from bundle.io.outputs import output_path
-from bundle.workflow.options import run_cli
+from bundle.io.outputs import check_output_folder, output_path
+from bundle.workflow.options import one_line_message, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,11 +56,34 @@ def _resave(path: Path, data: np.ndarray | None = None, **header: float) -> None
     nib.save(new, str(path))
 
 
-def _edit_header(path: Path, offset: int, value: int) -> None:
-    """Overwrite a 16-bit field of a .nii.gz header, as a byte flip on disk would."""
+def _edit_header(path: Path, offset: int, *values: int) -> None:
+    """Overwrite 16-bit fields of a .nii.gz header from ``offset`` on, as a byte flip on disk
+    (or a hostile file) would."""
     raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[offset : offset + 2] = value.to_bytes(2, "little")
+    for k, value in enumerate(values):
+        raw[offset + 2 * k : offset + 2 * k + 2] = value.to_bytes(2, "little")
     path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def _every_file(change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Apply ``change`` to every NIfTI file of the case folder that ``path`` is in."""
+
+    def apply(path: Path) -> None:
+        for file in sorted(path.parent.glob("*.nii.gz")):
+            change(file)
+
+    return apply
+
+
+def sform_only(path: Path) -> None:
+    """The same voxels and affine as an sform alone (qform unset) with a 2 mm pixdim: the
+    header of the issue's 96.7 ml (instead of 29.8 ml) case."""
+    image = nib.load(str(path))
+    new = nib.Nifti1Image(np.asanyarray(image.dataobj), None)
+    new.header.set_sform(image.affine, code=1)
+    new.header.set_qform(None, code=0)
+    new.header.set_zooms((2.0, 2.0, 2.0))
+    nib.save(new, str(path))
 
 
 def _data(path: Path) -> np.ndarray:
@@ -128,6 +159,18 @@ CORRUPTIONS: tuple[Corruption, ...] = (
                lambda p: _resave(p, _data(p).astype(np.int64) * 2**50), accepted=True),
     Corruption("nan", "a NaN voxel", "t2", _with_nan),
     Corruption("allzero", "an all-zero modality", "t1ce", lambda p: _resave(p, 0 * _data(p))),
+    Corruption("constant", "a constant modality (every voxel 100)", "t2",
+               lambda p: _resave(p, 0 * _data(p) + 100)),
+    Corruption("oneslice", "one-slice volume (every file of the case)", "t1",
+               _every_file(lambda p: _resave(p, _data(p)[..., 15:16]))),
+    Corruption("thin", "slab of 4 slices (every file of the case)", "t1",
+               _every_file(lambda p: _resave(p, _data(p)[..., 14:18]))),
+    Corruption("hugedim", "header declaring 2000 x 2000 x 1000 voxels", "t2",
+               lambda p: _edit_header(p, 42, 2000, 2000, 1000)),
+    Corruption("bigdim", "header declaring 400 x 400 x 400 voxels, more than the file holds",
+               "flair", lambda p: _edit_header(p, 42, 400, 400, 400)),
+    Corruption("sformonly", "1 mm sform, no qform, 2 mm pixdim (used: the sform)", "t1",
+               sform_only, accepted=True),
     Corruption("fourd", "4-D volume for one modality", "flair",
                lambda p: _resave(p, np.stack([_data(p)] * 2, -1))),
     Corruption("shape", "2 slices fewer than the other modalities", "t2",
@@ -170,12 +213,32 @@ def corrupted_dataset(root: str | Path) -> tuple[Path, str]:
     return dataset, "good"
 
 
+class _Warnings(logging.Handler):
+    """The bundle's warnings while a check runs, to show beside its verdict."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def _message(check: Callable[[], object]) -> str:
+    """The check's one-line error, else ACCEPTED followed by any warnings it logged."""
+    warnings = _Warnings()
+    logger = logging.getLogger("bundle")
+    logger.addHandler(warnings)
     try:
         check()
-    except DatasetError as err:
-        return str(err)
-    return ACCEPTED
+    except Exception as err:  # MONAI's config machinery wraps ours in RuntimeErrors
+        message = one_line_message(err)
+        if message is None:
+            raise
+        return message
+    finally:
+        logger.removeHandler(warnings)
+    return ACCEPTED + "".join(f"; warning: {line}" for line in warnings.lines)
 
 
 def case_messages(dataset: Path) -> dict[str, str]:
@@ -242,6 +305,103 @@ def other_messages(root: Path, dataset: Path, good: str) -> list[tuple[str, str,
              str(output_path(predictions, good, "variance")))  # fmt: skip
     rows.append(("evaluation: prediction for other regions", "evaluate.py",
                  _message(lambda: check_case(good_case, predictions, "wt_tc_et"))))  # fmt: skip
+    samples = np.stack([np.zeros(label.shape, np.float32), np.ones(label.shape, np.float32)], -1)
+    nib.save(nib.Nifti1Image(samples, label.affine),
+             str(output_path(predictions, good, "samples")))  # fmt: skip
+    rows.append(("evaluation: `_samples` of an earlier run beside the mean (0.5 vs 0)",
+                 "evaluate.py", _message(lambda: check_case(good_case, predictions))))  # fmt: skip
+    return rows
+
+
+def folder_messages(root: Path, good_case: dict) -> list[tuple[str, str, str]]:
+    """(bad input, caught by, message) for folders and splits: a copied case folder, an output
+    folder that holds inputs, a datalist listing a case twice, a split without training."""
+    case_dir = Path(good_case["label"]).parent
+    copies = root / "copies"
+    shutil.copytree(case_dir, copies / case_dir.name)
+    shutil.copytree(case_dir, copies / f"{case_dir.name} (copy)")
+    twice = write_json({"training": [good_case], "validation": [good_case]}, root / "twice.json")
+    alone = root / "alone"
+    shutil.copytree(case_dir, alone / case_dir.name)
+    return [
+        ("a copied case folder (`good (copy)`) beside the cases", "find_cases",
+         _message(lambda: find_cases(copies))),
+        ("output folder holding an input file (the case's own folder)", "inference, segment.py",
+         _message(lambda: check_output_folder(case_dir, [good_case]))),
+        ("datalist listing a case in training and validation", "load_datalist",
+         _message(lambda: load_datalist(twice, root))),
+        ("1 labelled case: the split has no training case", "load_datalist, datalist.py",
+         _message(lambda: load_datalist(None, alone))),
+    ]  # fmt: skip
+
+
+BAD_OPTIONS: tuple[tuple[str, dict[str, object]], ...] = (
+    ("misspelled option `--sampling_step 2`", {"sampling_step": 2}),
+    ("misspelled nested key `--network_def#channel [8,16]`", {"network_def#channel": [8, 16]}),
+    ("`--sampling_steps 0`", {"sampling_steps": 0}),
+    ("`--num_samples abc`", {"num_samples": "abc"}),
+    ("`--device cuda:99` (no such GPU)", {"device": "cuda:99"}),
+    ("`--split bogus`", {"split": "bogus"}),
+    ("`--regions bogus`", {"regions": "bogus"}),
+    ("`--quicklook maybe`", {"quicklook": "maybe"}),
+    ("`--learn_sigma 2`", {"learn_sigma": 2}),
+)
+"""Overrides of ``monai.bundle run inference`` that stop it, with one line, before any work."""
+
+
+def _inference(root: Path, **overrides: object) -> None:
+    """``monai.bundle run inference`` in this process (it stops in ``initialize`` here)."""
+    monai.bundle.run(
+        "inference",
+        config_file=str(REPO_ROOT / "configs" / "inference.yaml"),
+        bundle_root=str(REPO_ROOT),
+        logging_file=False,
+        **{"output_dir": str(root / "out"), **overrides},
+    )
+
+
+def _script_message(script: str, *args: object) -> str:
+    """The one ``error:`` line of ``python -m scripts.<script> <args>``, else ACCEPTED."""
+    command = [sys.executable, "-m", f"scripts.{script}", *(str(a) for a in args)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    if result.returncode == 0:
+        return ACCEPTED
+    if not errors:
+        raise RuntimeError(f"{' '.join(command)} failed without an error line:\n{result.stderr}")
+    return errors[-1].removeprefix("error: ")
+
+
+def _full_disk(path: Path) -> None:
+    """A write that the disk refuses (ENOSPC), through the bundle's atomic writer."""
+    with atomic_path(path) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+
+def option_messages(root: Path) -> list[tuple[str, str, str]]:
+    """(bad input, caught by, message) for command-line options and a full disk."""
+    rows = [
+        (what, "monai.bundle run", _message(lambda typed=typed: _inference(root, **typed)))
+        for what, typed in BAD_OPTIONS
+    ]
+    a_file = root / "a_file"
+    a_file.write_text("not a folder")
+    rows.append(("`--output_dir` naming a file", "monai.bundle run",
+                 _message(lambda: _inference(root, output_dir=str(a_file)))))  # fmt: skip
+    datalist = ("datalist", "--dataset_dir", root / "alone", "--output", root / "d.json")
+    rows.append(("misspelled script option `datalist.py --num_fold 2`", "scripts",
+                 _script_message(*datalist, "--num_fold", 2)))  # fmt: skip
+    rows.append(("`datalist.py --fold 7` (5 folds)", "datalist.py",
+                 _script_message(*datalist, "--fold", 7)))  # fmt: skip
+    last = root / "last.pt"
+    torch.save({"trainer": {"iteration": 12, "epoch_length": 2, "max_epochs": 6}}, last)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.state.max_epochs = 3
+    rows.append(("`--epochs 3` when last.pt has trained 6 epochs", "training",
+                 _message(lambda: check_checkpoint(last, {"trainer": trainer}))))  # fmt: skip
+    written = root / "out" / "x.nii.gz"
+    rows.append(("full disk while an output is written (ENOSPC; a 1 MB tmpfs in the tests)",
+                 "every writer", _message(lambda: _full_disk(written))))  # fmt: skip
     return rows
 
 
@@ -255,19 +415,64 @@ training (every voxel, `validate_voxels: true`), by inference (a bad case is ski
 `ERROR - skipped: ...` line, the other cases run, and the run exits with code 1) and by
 `scripts/evaluate.py`. A message is one line naming the case and the file. At the command line
 bad input never ends in a traceback: the scripts print `error: <message>` and exit with code 2,
-`monai.bundle run` prints `error: <message>` and exits with code 1.
+`monai.bundle run` prints `error: <message>` and exits with code 1. The same holds for the
+command line itself (`bundle/workflow/options.py`): an option that names no config key (or no
+parameter of a script) is refused naming the nearest valid one (`::`/`#` nested keys included),
+and the values typed for known options are checked before any work: every boolean key
+(`learn_sigma`, `validate_voxels`, `amp`, `ema`, `augment`, `save_samples`, `quicklook`,
+`overwrite`, `mc_dropout`, `read_data`) takes true/false, yes/no, on/off or 1/0 and nothing
+else, and counts, fractions, choices, regions and the device are checked likewise.
 
-Faults:
+Input that is used, with a warning naming the case:
 
+- **Headers whose geometry fields disagree.** One affine rule holds in validation, training,
+  inference, the written outputs and evaluation: nibabel's `image.affine`, NIfTI's own order
+  (the sform when its code is set, else the qform, else pixdim alone). MONAI's `NibabelReader`
+  would prefer whichever field matches pixdim (a 1 mm sform with a 2 mm pixdim then loads at
+  2 mm, and the outputs come out in another geometry than the input), so the configs load with
+  `bundle.data.transforms.NiftiReader`. Such headers are common (registration tools rewrite the
+  sform alone), so they are used, not refused, and the warning says which field was taken.
+- **Intensities outside what the model was trained on.** Each channel is z-scored over a brain
+  mask that does not mean "not exactly 0" (the median of the volume's outer faces is the
+  background, their spread its noise) after clipping to the brain's 0.5th-99.5th percentiles:
+  images that were z-scored already (negative background), a noise floor instead of zeros, or a
+  patch of extreme values give (nearly) the segmentation of the clean image, with a warning
+  naming the case's file. A constant modality is refused (table).
+- **Brain outside the field of view** (`image_size` mm, centred): the part cut away is not
+  segmented, and the warning says how much.
+- **Folders that are not cases** (a `C2 (copy)` beside the cases) are skipped with a warning;
+  an inference run's own output folder inside the dataset folder is skipped silently.
+
+Outputs and faults:
+
+- Inference never writes into a folder that holds an input file of the run (refused, one line),
+  and its files are named `{case}_pred_*` (`bundle/io/outputs.py`, `OUTPUT_NAMES`), so that no
+  output can take any layout's file name (BraTS 2020 names its label `{case}_seg.nii.gz`).
+- A case is done when every one of its outputs exists (NIfTIs, `.seg.nrrd`, the quick-look and
+  the samples when switched on): a run stopped between two files of a case redoes the case.
+  Before a case is (re)computed its earlier outputs are deleted, so its files are always one
+  run's consistent set (`--overwrite true` leaves no `_samples` of an earlier run); evaluation
+  also refuses samples whose mean is not the mean map beside them.
+- Two inference runs over one output folder share the cases: each case is claimed through a
+  lock file (`.lock-<case>`, an `flock`, which dies with its process: a killed run's lock never
+  blocks), a case another run holds or has finished meanwhile is skipped.
 - A NaN or Inf training loss stops training at once with `loss became NaN at iteration N; last
   good state saved in <ckpt_dir>/last.pt`, exit code 1. `last.pt` is never written with
   non-finite weights, so it holds the last good state and training can resume from it.
 - Killed training (even `kill -9`) resumes from `last.pt` when rerun; the log says
-  `resumed from <path> at epoch E iteration I (weights model <digest>)`.
+  `resumed from <path> at epoch E iteration I (weights model <digest>)`. Ctrl-C or SIGTERM ends
+  the iteration in progress, saves `last.pt` and then ends the process by that signal (a second
+  one ends it at once). The best validation score is saved in `last.pt`, so a resumed run
+  replaces `models/model.pt` only with a better model.
 - Every file (NIfTI, quick-look PNG, datalist, checkpoint) is written to a hidden
   `.tmp-<pid>-<name>` beside its final name and renamed when complete, so a killed run leaves no
   partial file under a real name. Inference and training delete hidden temporaries of dead
-  processes when they start; a rerun of inference skips the finished cases and redoes the rest.
+  processes when they start. A full disk ends the run with `no space left on <folder>`.
+- A header that declares more voxels than the file can hold, or than the bundle reads, is
+  refused before any voxel is read (no 16 GB allocation for a 96-byte file).
+- A split without a training or a validation case is refused, by training and by
+  `scripts/datalist.py`, which print how many cases each side got. A datalist that lists a case
+  twice is refused; its relative paths are read from the datalist file's folder.
 
 In the messages below `<root>` is the folder the script worked in.
 
@@ -291,9 +496,9 @@ def table(root: str | Path) -> str:
                 messages.pop(corruption.name),
             )
         )
-    rows += [
-        (what, "", where, message) for what, where, message in other_messages(root, dataset, good)
-    ]
+    good_case = next(c for c in find_cases(dataset) if c["case_id"] == good)
+    more = other_messages(root, dataset, good) + folder_messages(root, good_case)
+    rows += [(what, "", where, message) for what, where, message in more + option_messages(root)]
     lines = [
         f"| {what} | {modality} | {where} | `{message.replace(str(root), '<root>')}` |"
         for what, modality, where, message in rows

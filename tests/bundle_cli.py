@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,15 +66,43 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """A failed bundle run whose only complaint is one ``error:`` line holding ``fragments``."""
+def assert_one_line_error(
+    result: subprocess.CompletedProcess, *fragments: str, returncode: int = 1
+) -> str:
+    """A failed run (``monai.bundle run``: code 1, scripts: 2) whose only complaint is one
+    ``error:`` line holding ``fragments``, and no traceback."""
     log = result.stdout + result.stderr
-    assert result.returncode == 1, log[-3000:]
+    assert result.returncode == returncode, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     for fragment in fragments:
         assert fragment in line, line
     return line
+
+
+def run_script(script: str, *args: object, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m scripts.<script> <args>`` from the bundle root, as users run it, output
+    captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"scripts.{script}", *(str(a) for a in args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=BUNDLE_ENV,
+    )
+
+
+def copy_cases(source: Path, dataset: Path, copies: int = 1) -> list[str]:
+    """Copy a BraTS 2020 folder's cases ``copies`` times into ``dataset`` (``<case>_<k>``, files
+    renamed to match); returns the new case ids, sorted."""
+    for k in range(copies):
+        for case_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+            copy = dataset / f"{case_dir.name}_{k}"
+            shutil.copytree(case_dir, copy)
+            for path in copy.iterdir():
+                path.rename(path.with_name(path.name.replace(case_dir.name, copy.name)))
+    return sorted(p.name for p in dataset.iterdir() if p.is_dir())
 
 
 def train_overrides(dataset: Path, ckpt_dir: Path, **extra: object) -> dict[str, object]:

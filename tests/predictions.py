@@ -18,7 +18,7 @@ def write_predictions(
     variance: np.ndarray,
     samples: np.ndarray | None = None,
 ) -> None:
-    """One case's ``_seg``, ``_mean``, ``_var`` (and ``_samples``) NIfTI in the label's grid."""
+    """One case's segmentation, mean, variance (and samples) NIfTI in the label's grid."""
     affine = nib.load(case["label"]).affine
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {"pred": seg.astype(np.uint8), "mean": mean, "variance": variance}

@@ -4,8 +4,6 @@ and the evaluation through its script and its bundle config."""
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -30,8 +28,7 @@ from bundle.evaluation.metrics import (
 )
 from bundle.evaluation.scoring import evaluate
 from bundle.evaluation.validation_metrics import VarianceErrorRatio
-from tests.bundle_cli import assert_ok, bundle_run
-from tests.conftest import REPO
+from tests.bundle_cli import assert_ok, bundle_run, run_script
 from tests.predictions import write_predictions
 
 
@@ -225,26 +222,18 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
         seg = truth if i == 0 else np.zeros_like(truth)  # case 0 perfect, the others empty
         samples = np.stack([seg, seg, truth], -1).astype(np.float32)
         write_predictions(predictions, case, seg, samples.mean(-1), samples.var(-1), samples)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.evaluate",
-            "--predictions",
-            str(predictions),
-            "--dataset_dir",
-            str(small_datasets["brats2020"]),
-            "--split",
-            "all",
-            "--output",
-            str(tmp_path / "eval"),
-            "--method",
-            "test",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_script(
+        "evaluate",
+        "--predictions",
+        predictions,
+        "--dataset_dir",
+        small_datasets["brats2020"],
+        "--split",
+        "all",
+        "--output",
+        tmp_path / "eval",
+        "--method",
+        "test",
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -48,15 +49,16 @@ def test_dice_against_steps_from_the_sweep_table(tmp_path):
         steps(str(tmp_path / "bad.md"), str(tmp_path / "bad.png"))
 
 
-def test_reliability_diagram_from_prediction_folders(small_datasets, tmp_path):
-    for case in find_cases(small_datasets["brats2020"]):
+def test_reliability_diagram_from_prediction_folders(small_datasets, tmp_path, caplog):
+    dataset = tmp_path / "data"
+    shutil.copytree(small_datasets["brats2020"], dataset)
+    predictions = dataset / "pred"  # inside the dataset folder: not read as a case
+    for case in find_cases(dataset):
         truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
         mean = np.where(truth, 0.8, 0.05)
-        write_predictions(tmp_path / "pred", case, mean > 0.5, mean, np.zeros(mean.shape))
+        write_predictions(predictions, case, mean > 0.5, mean, np.zeros(mean.shape))
     output = reliability(
-        str(tmp_path / "pred"),
-        str(small_datasets["brats2020"]),
-        split="all",
-        output=str(tmp_path / "reliability.png"),
+        str(predictions), str(dataset), split="all", output=str(tmp_path / "reliability.png")
     )
     assert_png(output)
+    assert "skipped folder" not in caplog.text

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from bundle.data.synthetic import make_demo_data
 from bundle.evaluation.metrics import expected_dice_gap, overlap
+from bundle.io.outputs import expected_outputs, output_path
 from tests.bundle_cli import assert_ok, infer, tiny_weights
 
 pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
@@ -68,10 +69,10 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     assert f"{case}: tumour" in log and "mean variance in tumour" in log
 
     reference = nib.load(str(odd_case / f"{case}_flair.nii.gz"))
-    mean, mean_img = read(out / f"{case}_mean.nii.gz")
-    var, var_img = read(out / f"{case}_var.nii.gz")
-    seg, seg_img = read(out / f"{case}_seg.nii.gz")
-    samples, samples_img = read(out / f"{case}_samples.nii.gz")
+    mean, mean_img = read(output_path(out, case, "mean"))
+    var, var_img = read(output_path(out, case, "variance"))
+    seg, seg_img = read(output_path(out, case, "pred"))
+    samples, samples_img = read(output_path(out, case, "samples"))
     for image in (mean_img, var_img, seg_img):
         assert image.shape == reference.shape
         np.testing.assert_allclose(image.affine, reference.affine, atol=1e-4)
@@ -109,18 +110,18 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     # of it, interpolation back to the 1 mm grid blurs the edge)
     brain = ndimage.binary_dilation(np.asanyarray(reference.dataobj) != 0, iterations=3)
     assert mean[~brain].max() < 1e-6 and var[~brain].max() < 1e-6
-    assert (out / f"{case}_quicklook.png").stat().st_size > 1000
+    assert output_path(out, case, "quicklook").stat().st_size > 1000
 
     # the same seed gives identical files; a new seed other samples
     again = tmp_path / "again"
     assert_ok(infer(odd_case, again, weights))
-    for name in ("mean", "var", "seg"):
-        first, _ = read(out / f"{case}_{name}.nii.gz")
-        second, _ = read(again / f"{case}_{name}.nii.gz")
+    for key in ("mean", "variance", "pred"):
+        first, _ = read(output_path(out, case, key))
+        second, _ = read(output_path(again, case, key))
         np.testing.assert_array_equal(first, second)
     other = tmp_path / "other"
     assert_ok(infer(odd_case, other, weights, seed=1))
-    assert not np.array_equal(read(other / f"{case}_mean.nii.gz")[0], mean)
+    assert not np.array_equal(read(output_path(other, case, "mean"))[0], mean)
 
 
 def test_folder_run_skips_finished_cases(small_datasets, tmp_path):
@@ -130,13 +131,15 @@ def test_folder_run_skips_finished_cases(small_datasets, tmp_path):
     cases = sorted(p.name for p in small_datasets["brats2023"].iterdir() if p.is_dir())
     written = {p.name for p in out.iterdir()}
     for case in cases:
-        assert {f"{case}_mean.nii.gz", f"{case}_var.nii.gz", f"{case}_seg.nii.gz"} <= written
-    assert not any(name.startswith(".") for name in written)  # no temporary files left
-    stamp = (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns
+        assert {
+            output_path(out, case, k).name for k in expected_outputs(quicklook=False)
+        } <= written
+    assert not any(name.startswith(".") for name in written)  # no temporary or lock files left
+    stamp = output_path(out, cases[0], "mean").stat().st_mtime_ns
     rerun = infer(small_datasets["brats2023"], out, weights, num_samples=2, quicklook="false")
     assert_ok(rerun)
     assert (rerun.stdout + rerun.stderr).count("skipped") == len(cases)
-    assert (out / f"{cases[0]}_mean.nii.gz").stat().st_mtime_ns == stamp
+    assert output_path(out, cases[0], "mean").stat().st_mtime_ns == stamp
 
 
 def test_bad_case_is_skipped_and_the_run_fails_at_the_end(small_datasets, tmp_path):
@@ -154,7 +157,7 @@ def test_bad_case_is_skipped_and_the_run_fails_at_the_end(small_datasets, tmp_pa
     assert f"1 case(s) failed: {cases[1]}" in log
     assert "Traceback" not in log
     for case in (cases[0], cases[2]):
-        assert (out / f"{case}_seg.nii.gz").is_file()
+        assert output_path(out, case, "pred").is_file()
     assert not any(p.name.startswith(cases[1]) for p in out.iterdir())
 
 
@@ -164,10 +167,10 @@ def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp
     out = tmp_path / "out"
     assert_ok(infer(case, out, weights, regions="wt_tc_et", save_samples=True))
     reference = nib.load(str(next(case.glob("*-t1n.nii.gz"))))
-    mean, _ = read(out / f"{case.name}_mean.nii.gz")
-    var, _ = read(out / f"{case.name}_var.nii.gz")
-    seg, seg_img = read(out / f"{case.name}_seg.nii.gz")
-    samples, _ = read(out / f"{case.name}_samples.nii.gz")
+    mean, _ = read(output_path(out, case.name, "mean"))
+    var, _ = read(output_path(out, case.name, "variance"))
+    seg, seg_img = read(output_path(out, case.name, "pred"))
+    samples, _ = read(output_path(out, case.name, "samples"))
     assert mean.shape == var.shape == (*reference.shape, 3)  # wt, tc, et
     assert seg.shape == reference.shape and seg.dtype == np.uint8
     np.testing.assert_allclose(seg_img.affine, reference.affine, atol=1e-4)
@@ -181,7 +184,7 @@ def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp
     expected = np.select([masks[..., 2], masks[..., 1], masks[..., 0]], [3, 1, 2], 0)
     np.testing.assert_array_equal(seg, expected)
     assert set(np.unique(seg)) > {0}
-    assert (out / f"{case.name}_quicklook.png").stat().st_size > 1000
+    assert output_path(out, case.name, "quicklook").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0])

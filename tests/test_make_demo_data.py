@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from bundle.data.layouts import BRATS2020, LAYOUTS, MODALITIES, SUB_REGIONS, find_cases
 from bundle.data.synthetic import CASE_NAMES, make_demo_data, synthesize_case, write_case
-from tests.conftest import REPO
+from tests.bundle_cli import run_script
 
 SHAPE = (64, 64, 40)
 SEED = 3  # its cases 1 to 3 hold all three sub-regions at SHAPE between them
@@ -66,27 +64,10 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_command_line_writes_cases_find_cases_reads(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.make_demo_data",
-            "--output_dir",
-            str(out),
-            "--num_cases",
-            "2",
-            "--seed",
-            str(SEED),
-            "--layout",
-            "brats2023",
-            "--shape",
-            ",".join(map(str, SHAPE)),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(
+        "make_demo_data", "--output_dir", out, "--num_cases", 2, "--seed", SEED,
+        "--layout", "brats2023", "--shape", ",".join(map(str, SHAPE)),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "BraTS-GLI-00001-000: tumour" in result.stdout
     assert "wrote 2 brats2023 cases" in result.stdout

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import ast
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from bundle.io.outputs import output_path
 from scripts.segment import segment
-from tests.bundle_cli import TINY_DIFFUSION_NET
-from tests.conftest import REPO
+from tests.bundle_cli import TINY_DIFFUSION_NET, assert_one_line_error, run_script
 from tests.test_inference import tiny_weights
 
 pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
@@ -43,11 +41,11 @@ def test_segment_one_case_from_four_files(small_datasets, tmp_path):
     name = entry["case_id"]
     assert name == "scan T1"  # after the t1 file
     reference = nib.load(str(files["t1"]))
-    for postfix in ("mean", "var", "seg"):
-        image = nib.load(str(out / f"{name}_{postfix}.nii.gz"))
+    for key in ("mean", "variance", "pred"):
+        image = nib.load(str(output_path(out, name, key)))
         assert image.shape == reference.shape
         np.testing.assert_allclose(image.affine, reference.affine, atol=1e-4)
-    assert (out / f"{name}.seg.nrrd").is_file()
+    assert output_path(out, name, "seg_nrrd").is_file()
 
 
 def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):
@@ -55,13 +53,5 @@ def test_a_missing_file_is_one_error_line_and_exit_2(small_datasets, tmp_path):
     args = [f"--{m}={case / f'{case.name}_{m}.nii.gz'}" for m in MODALITIES]
     missing = tmp_path / "no_flair.nii.gz"
     args[-1] = f"--flair={missing}"
-    result = subprocess.run(
-        [sys.executable, "-m", "scripts.segment", *args, f"--output_dir={tmp_path}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
-    assert "Traceback" not in result.stderr
+    result = run_script("segment", *args, f"--output_dir={tmp_path}")
+    assert_one_line_error(result, str(missing), returncode=2)

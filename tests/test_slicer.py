@@ -12,6 +12,7 @@ import pytest
 import slicerio
 
 from bundle.data.synthetic import make_demo_data
+from bundle.io.outputs import output_path
 from bundle.io.slicer import write_seg_nrrd
 from tests.bundle_cli import assert_ok
 from tests.test_inference import infer, reorient_case, tiny_weights
@@ -47,10 +48,10 @@ def test_inference_writes_a_brats_segmentation_in_the_input_geometry(tmp_path):
     out = tmp_path / "out"
     assert_ok(infer(case, out, weights, regions="wt_tc_et", num_samples=2, quicklook="false"))
 
-    seg_image = nib.load(str(out / f"{case.name}_seg.nii.gz"))
+    seg_image = nib.load(str(output_path(out, case.name, "pred")))
     seg = np.asanyarray(seg_image.dataobj)
     assert seg.dtype == np.uint8
-    path = out / f"{case.name}.seg.nrrd"
+    path = output_path(out, case.name, "seg_nrrd")
     segmentation = slicerio.read_segmentation(str(path))
     names = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
     assert names == {"necrosis": 1, "edema": 2, "enhancing": 4}  # BraTS 2020 numbering
@@ -62,8 +63,8 @@ def test_inference_writes_a_brats_segmentation_in_the_input_geometry(tmp_path):
     np.testing.assert_allclose(seg_image.affine, reference.affine, atol=1e-4)
     assert_geometry(header, reference.affine)
 
-    mean = nib.load(str(out / f"{case.name}_mean.nii.gz"))
-    var = nib.load(str(out / f"{case.name}_var.nii.gz"))
+    mean = nib.load(str(output_path(out, case.name, "mean")))
+    var = nib.load(str(output_path(out, case.name, "variance")))
     assert (mean.header["cal_min"], mean.header["cal_max"]) == (0, 1)
     peak = float(np.asanyarray(var.dataobj).max())
     assert 0 < peak <= 0.25

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import nibabel as nib
 import pytest
@@ -12,10 +17,21 @@ import torch
 from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bundle.data.layouts import find_cases
 from bundle.diffusion.ema import WeightAverage
+from bundle.io.checkpoints import state_digest
+from bundle.io.outputs import output_path
 from bundle.workflow.configs import load_config
-from tests.bundle_cli import assert_ok, bundle_run, infer, train_overrides
-from tests.conftest import SMALL_SHAPE
+from tests.bundle_cli import (
+    BUNDLE_ENV,
+    assert_ok,
+    assert_one_line_error,
+    bundle_command,
+    bundle_run,
+    infer,
+    train_overrides,
+)
+from tests.conftest import REPO, SMALL_SHAPE
 
 
 def losses(log_dir) -> list[float]:
@@ -139,7 +155,7 @@ def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
         case, tmp_path / "out", ckpt / "model.pt", learn_sigma=True, num_samples=2, quicklook=False
     )
     assert_ok(result)
-    mean = nib.load(tmp_path / "out" / f"{case.name}_mean.nii.gz").get_fdata()
+    mean = nib.load(output_path(tmp_path / "out", case.name, "mean")).get_fdata()
     assert mean.shape == SMALL_SHAPE and 0 <= mean.min() <= mean.max() <= 1
 
 
@@ -174,3 +190,138 @@ def test_learning_rate_warm_up_or_none(warmup, after_steps):
         scheduler.optimizer.step()
         scheduler.step()
     assert rates == pytest.approx(after_steps)
+
+
+def val_dice(log: str) -> list[float]:
+    """The validation Dice values a training log reports, in order."""
+    return [float(v) for v in re.findall(r"Metrics -- val_mean_dice: ([0-9.]+)", log)]
+
+
+def test_a_resumed_training_replaces_the_best_model_only_with_a_better_one(
+    small_datasets, tmp_path
+):
+    ckpt = tmp_path / "ckpt"
+    # a noise-predicting network draws varied masks from the start (x0-predicting ones draw
+    # empty masks until they have learned the tiny test tumours)
+    overrides = train_overrides(
+        small_datasets["brats2020"], ckpt, epochs=1, val_interval=1, prediction_type="epsilon"
+    )
+    first = bundle_run("training", ["train.yaml"], overrides)
+    assert_ok(first)
+    state = torch.load(ckpt / "last.pt", weights_only=False)
+    best = state["best_model"]["best"]
+    assert best > 0  # the first model's masks overlap the tumour
+    shipped = state_digest(torch.load(ckpt / "model.pt", weights_only=True)["model"])
+    # the run goes on from worse weights (as after a bad stretch): a network whose noise
+    # prediction is so large everywhere that every mask it draws is empty
+    state["model"]["out.2.conv.weight"].zero_()
+    state["model"]["out.2.conv.bias"].fill_(100.0)
+    torch.save(state, ckpt / "last.pt")
+    second = bundle_run("training", ["train.yaml"], {**overrides, "epochs": 2})
+    assert_ok(second)
+    (resumed,) = val_dice(second.stdout + second.stderr)
+    assert resumed < best, (resumed, best)  # its first validation is worse than the best
+    assert state_digest(torch.load(ckpt / "model.pt", weights_only=True)["model"]) == shipped
+    assert torch.load(ckpt / "last.pt", weights_only=False)["best_model"]["best"] == best
+
+
+def test_switch_words_and_fewer_epochs_than_trained(small_datasets, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    overrides = train_overrides(
+        small_datasets["brats2020"],
+        ckpt,
+        epochs=2,
+        val_interval=100,
+        learn_sigma="false",  # as typed: the string "false"
+        ema="no",
+        augment="off",
+        amp="0",
+        validate_voxels="yes",
+    )
+    assert_ok(bundle_run("training", ["train.yaml"], overrides))
+    state = torch.load(ckpt / "last.pt", weights_only=False)
+    assert state["model"]["out.2.conv.weight"].shape[0] == 1  # no learned variance channel
+    assert "ema" not in state
+    result = bundle_run("training", ["train.yaml"], {**overrides, "epochs": 1})
+    assert_one_line_error(
+        result, f"--epochs 1 is below the 2 epochs that {ckpt / 'last.pt'} has trained already"
+    )
+
+
+def test_two_labelled_cases_train_or_say_why_not(small_datasets, tmp_path):
+    dataset = tmp_path / "data"
+    for case in sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[:2]:
+        shutil.copytree(case, dataset / case.name)
+    ckpt = tmp_path / "ckpt"
+    overrides = train_overrides(dataset, ckpt, epochs=1, val_interval=1)
+    result = bundle_run(
+        "training", ["train.yaml"], {**overrides, "num_folds": 5, "test_fraction": 0.2}
+    )
+    assert_one_line_error(
+        result,
+        "the split has 0 training, 1 validation, 1 testing case(s)",
+        "lower --test_fraction or --num_folds",
+    )
+    result = bundle_run("training", ["train.yaml"], overrides)  # 2 folds, no test cases
+    assert_ok(result)
+    assert "1 training, 1 validation, 0 testing cases" in result.stdout
+    assert (ckpt / "model.pt").is_file()
+
+
+def test_datalist_paths_are_read_from_its_folder_and_each_case_once(small_datasets, tmp_path):
+    dataset = tmp_path / "data"
+    shutil.copytree(small_datasets["brats2020"], dataset)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+
+    def relative(case: dict) -> dict:  # paths from the datalist's folder, as MONAI writes them
+        paths = {k: case[k] for k in ("image", "label")}
+        paths["image"] = [os.path.relpath(p, lists) for p in paths["image"]]
+        paths["label"] = os.path.relpath(paths["label"], lists)
+        return dict(case, **paths)
+
+    cases = [relative(case) for case in find_cases(dataset)]
+    datalist = lists / "datalist.json"
+    datalist.write_text(json.dumps({"training": cases[:2], "validation": cases[2:]}))
+    overrides = train_overrides(
+        dataset, tmp_path / "ckpt", datalist_file=datalist, epochs=1, val_interval=100
+    )
+    result = bundle_run("training", ["train.yaml"], overrides)  # run from the repository
+    assert_ok(result)
+    assert "2 training, 1 validation, 0 testing cases" in result.stdout
+    twice = lists / "twice.json"
+    twice.write_text(json.dumps({"training": cases[:2], "validation": cases[1:]}))
+    result = bundle_run("training", ["train.yaml"], {**overrides, "datalist_file": twice})
+    assert_one_line_error(
+        result, f"datalist file {twice} lists case {cases[1]['case_id']} in training and validation"
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_training_saves_its_state_first(small_datasets, tmp_path, stop):
+    ckpt = tmp_path / "ckpt"
+    last = ckpt / "last.pt"
+    overrides = train_overrides(
+        small_datasets["brats2020"], ckpt, epochs=1000, val_interval=1000, checkpoint_interval=0
+    )
+    process = subprocess.Popen(
+        bundle_command("training", ["train.yaml"], overrides),
+        cwd=REPO,
+        env=BUNDLE_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not last.is_file():  # training runs: its first epoch is saved
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, stop)
+    log = process.communicate(timeout=300)[0]
+    assert process.returncode == -stop, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    found = re.search(
+        rf"stopped by {stop.name} at iteration (\d+); state saved in {last}, rerun to resume", log
+    )
+    assert found, log[-3000:]
+    assert torch.load(last, weights_only=False)["trainer"]["iteration"] == int(found.group(1))

@@ -6,32 +6,17 @@ import gzip
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.bundle_cli import run_script
 
 
 def run_datalist(dataset: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.datalist",
-            "--dataset_dir",
-            str(dataset),
-            "--output",
-            str(tmp_path / "datalist.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_script("datalist", "--dataset_dir", dataset, "--output", tmp_path / "datalist.json")
 
 
 @pytest.fixture
@@ -55,12 +40,13 @@ def resave(path: Path, data: np.ndarray | None = None, affine: np.ndarray | None
 
 
 def assert_clear_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2 and, after any warnings, one ``error:`` line holding ``fragments``."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    message = result.stderr.strip()
+    message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: ")
     for fragment in fragments:
-        assert fragment in message, message
+        assert fragment in result.stderr, result.stderr
 
 
 def test_good_dataset_writes_a_datalist(dataset, tmp_path):

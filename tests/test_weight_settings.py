@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bundle.io.outputs import output_path
 from bundle.workflow.configs import load_config
 from tests.bundle_cli import (
     assert_ok,
@@ -104,7 +105,7 @@ def test_same_settings_load_quietly_and_bare_weights_load_with_a_warning(case, w
     result = infer(case, tmp_path / "bare", bare, **quick())
     assert_ok(result)
     assert f"checkpoint {bare} {NO_SETTINGS}" in result.stdout + result.stderr
-    assert (tmp_path / "bare" / f"{case.name}_seg.nii.gz").is_file()
+    assert output_path(tmp_path / "bare", case.name, "pred").is_file()
 
 
 @pytest.mark.slow

@@ -7,14 +7,19 @@ for every run, and a patient's scans (BraTS 2023 time points) never straddle two
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from bundle.data.layouts import DatasetError, find_cases, patient_id
+from bundle.data.layouts import SPLITS, DatasetError, find_cases, patient_id
 from bundle.data.validation import validate_case
 from bundle.io.atomic import atomic_path
+from bundle.workflow.options import OptionError
+
+logger = logging.getLogger(__name__)
 
 
 def split_patients(
@@ -23,18 +28,15 @@ def split_patients(
     """Shuffle the sorted patient ids with the seed; the first ones are the test set, the rest
     are dealt round-robin into ``num_folds`` folds."""
     if num_folds < 1:
-        raise ValueError(f"num_folds must be >= 1, got {num_folds}")
+        raise OptionError(f"--num_folds must be >= 1, got {num_folds}")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise OptionError(f"--test_fraction must be in [0, 1), got {test_fraction}")
     order = sorted(set(patients))
     rng = np.random.default_rng(seed)
     order = [order[i] for i in rng.permutation(len(order))]
     n_test = math.ceil(test_fraction * len(order)) if test_fraction > 0 else 0
     rest = order[n_test:]
     return order[:n_test], [rest[k::num_folds] for k in range(num_folds)]
-
-
-SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 
 
 def read_split_file(path: str | Path) -> dict[str, str]:
@@ -70,6 +72,7 @@ def build_datalist(
     read_data: bool = True,
     validate: bool = True,
     split_file: str | Path | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> dict:
     """Validate every case of a dataset folder and split it for training.
 
@@ -80,11 +83,11 @@ def build_datalist(
     leaves the checks to the caller (inference skips a bad case rather than stopping).
     ``split_file`` (see :func:`read_split_file`) fixes the sides by case id instead; the
     folder's cases it does not name are test cases, and naming a case the folder lacks is an
-    error.
+    error. ``exclude``: folders under ``dataset_dir`` that are no cases (the run's outputs).
     """
     if not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
-    cases = find_cases(dataset_dir)
+        raise OptionError(f"--fold must be in [0, {num_folds}) (--num_folds), got {fold}")
+    cases = find_cases(dataset_dir, exclude)
     if validate:
         for case in cases:
             validate_case(case, read_data=read_data)
@@ -134,6 +137,70 @@ def write_json(data: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def split_counts(datalist: dict) -> str:
+    """ "3 training, 1 validation, 1 testing": what each side of a datalist holds."""
+    return ", ".join(f"{len(datalist.get(side, []))} {side}" for side in SPLITS)
+
+
+def check_trainable(datalist: dict, source: str) -> None:
+    """Refuse a split that training cannot use: no training or no validation case (training
+    would end in a DataLoader traceback, or validate nothing)."""
+    if not datalist.get("training") or not datalist.get("validation"):
+        raise DatasetError(
+            f"{source}: the split has {split_counts(datalist)} case(s); training needs at least "
+            "one training and one validation case (lower --test_fraction or --num_folds, or add "
+            "labelled cases)"
+        )
+
+
+def _check_each_case_once(datalist: dict, path: Path) -> None:
+    """Refuse a datalist that lists a case twice, on one side or two: it would be trained and
+    validated (or tested) on at once, or weigh double."""
+    side_of: dict[str, str] = {}
+    for side in SPLITS:
+        for case in datalist.get(side, []):
+            case_id = case.get("case_id", "?")
+            if case_id in side_of:
+                raise DatasetError(
+                    f"datalist file {path} lists case {case_id} in {side_of[case_id]} and {side}"
+                )
+            side_of[case_id] = side
+
+
+def _from_folder(case: dict, folder: Path) -> dict:
+    """A datalist entry whose relative file paths are taken from ``folder`` (the datalist
+    file's), as MONAI's own datalists are, not from wherever the command runs."""
+
+    def where(path: str) -> str:
+        return str(folder / path) if not Path(path).is_absolute() else path
+
+    entry = dict(case)
+    for key in ("image", "label"):
+        if isinstance(entry.get(key), str):
+            entry[key] = where(entry[key])
+        elif isinstance(entry.get(key), list):
+            entry[key] = [where(p) for p in entry[key]]
+    return entry
+
+
+def read_datalist(path: str | Path) -> dict:
+    """A datalist file: each side's entries with paths relative to the file's folder made
+    whole, each case listed once."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"datalist file {path} does not exist")
+    try:
+        datalist = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"datalist file {path} is not readable JSON ({err})") from err
+    if not isinstance(datalist, dict) or not datalist.get("training"):
+        raise DatasetError(f"datalist file {path} has no 'training' cases")
+    _check_each_case_once(datalist, path)
+    for side in SPLITS:
+        datalist[side] = [_from_folder(case, path.parent) for case in datalist.get(side, [])]
+    return datalist
+
+
 def load_datalist(
     datalist_file: str | Path | None,
     dataset_dir: str | Path,
@@ -146,26 +213,25 @@ def load_datalist(
 ) -> dict:
     """The datalist the configs train on, every case validated before any work: a written file
     if given (its errors name the file as well as the case), else built from the folder.
-    ``read_data`` reads every voxel too (truncated files, NaN, empty modalities)."""
+    ``read_data`` reads every voxel too (truncated files, NaN, empty modalities). A split
+    without a training or a validation case is refused; the log says what each side holds."""
     if not datalist_file:
-        return build_datalist(
+        datalist = build_datalist(
             dataset_dir, num_folds, fold, test_fraction, seed, read_data, split_file=split_file
         )
-    path = Path(datalist_file)
-    if not path.is_file():
-        raise DatasetError(f"datalist file {path} does not exist")
-    try:
-        datalist = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"datalist file {path} is not readable JSON ({err})") from err
-    if not isinstance(datalist, dict) or not datalist.get("training"):
-        raise DatasetError(f"datalist file {path} has no 'training' cases")
-    for key in ("training", "validation", "testing"):
-        for case in datalist.get(key, []):
-            try:
-                validate_case(case, read_data=read_data)
-            except DatasetError as err:
-                raise DatasetError(f"datalist file {path}: {err}") from err
+        source = f"dataset folder {dataset_dir} (--num_folds {num_folds}, --fold {fold}, "
+        source += f"--test_fraction {test_fraction})"
+    else:
+        datalist = read_datalist(datalist_file)
+        source = f"datalist file {datalist_file}"
+        for side in SPLITS:
+            for case in datalist[side]:
+                try:
+                    validate_case(case, read_data=read_data)
+                except DatasetError as err:
+                    raise DatasetError(f"datalist file {datalist_file}: {err}") from err
+    check_trainable(datalist, source)
+    logger.info(f"{source}: {split_counts(datalist)} cases")
     return datalist
 
 
@@ -177,15 +243,24 @@ def select_cases(
     test_fraction: float = 0.2,
     seed: int = 0,
     split_file: str | Path | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> list[dict]:
     """The cases of a folder to run inference on: all of them, or one side of the split that
     training made with the same settings (e.g. ``testing``: the held-out patients). Not
-    validated: the caller checks each case (and may skip a bad one)."""
+    validated: the caller checks each case (and may skip a bad one). ``exclude``: folders
+    under ``dataset_dir`` to leave out (the run's own outputs)."""
     if split == "all":
-        return find_cases(dataset_dir)
-    if split not in ("training", "validation", "testing"):
-        raise ValueError(f"split must be all, training, validation or testing, got {split!r}")
+        return find_cases(dataset_dir, exclude)
+    if split not in SPLITS:
+        raise OptionError(f"--split must be all, {', '.join(SPLITS)}, got {split!r}")
     datalist = build_datalist(
-        dataset_dir, num_folds, fold, test_fraction, seed, validate=False, split_file=split_file
+        dataset_dir,
+        num_folds,
+        fold,
+        test_fraction,
+        seed,
+        validate=False,
+        split_file=split_file,
+        exclude=exclude,
     )
     return datalist[split]

@@ -8,7 +8,9 @@ enhancing) so that region masks never depend on a release's label numbering.
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,12 @@ SUB_REGIONS: tuple[str, ...] = ("necrosis", "edema", "enhancing")
 """Tumour sub-regions that every layout labels, under its own numbers."""
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+SPLITS: tuple[str, ...] = ("training", "validation", "testing")
+"""The sides of a datalist: training, validation (model selection) and testing (held out)."""
+
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -193,13 +201,36 @@ def _check_msd_channels(root: Path) -> None:
             )
 
 
-def find_cases(dataset_dir: str | Path) -> list[dict]:
+def _case_folders(root: Path, exclude: Sequence[str | Path]) -> list[dict]:
+    """The cases of a folder of case folders. A folder that is not a case but holds NIfTI files
+    (a copy, ``C2 (copy)``, whose files keep the original's names) is skipped with a warning
+    naming it; ``exclude`` (the run's own output folders) and hidden folders are skipped
+    silently: the bundle never reads its outputs as input."""
+    skipped = {Path(p).absolute() for p in exclude}
+    cases = []
+    for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if case_dir.name.startswith(".") or case_dir.absolute() in skipped:
+            continue
+        layout = _separate_file_layout(case_dir)
+        if layout is not None:
+            cases.append(_separate_file_case(case_dir, layout))
+        elif any(_nifti_stem(f) for f in case_dir.iterdir()):
+            logger.warning(
+                f"skipped folder {case_dir}: not a case (no file named like "
+                f"{case_dir.name}_t1.nii.gz or {case_dir.name}-t1n.nii.gz)"
+            )
+    return cases
+
+
+def find_cases(dataset_dir: str | Path, exclude: Sequence[str | Path] = ()) -> list[dict]:
     """Every case under a dataset folder, its layout detected from the file names.
 
     Accepts a BraTS 2020/2021 or 2023 folder of case folders, a single case folder, or an MSD
     Task01_BrainTumour folder (or its parent). Returns datalist entries with ``case_id``,
     ``layout``, ``image`` (four files, or one 4-D file), ``channel_order`` and, when the case
-    has one, ``label``. Raises DatasetError naming the folder when nothing matches.
+    has one, ``label``. Sub-folders that are not cases are skipped (see :func:`_case_folders`),
+    those in ``exclude`` without a word. Raises DatasetError naming the folder when nothing
+    matches.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -211,17 +242,7 @@ def find_cases(dataset_dir: str | Path) -> list[dict]:
     elif (layout := _separate_file_layout(root)) is not None:
         cases = [_separate_file_case(root, layout)]
     else:
-        cases = []
-        for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            layout = _separate_file_layout(case_dir)
-            if layout is not None:
-                cases.append(_separate_file_case(case_dir, layout))
-            elif any(_nifti_stem(f) for f in case_dir.iterdir()):
-                raise DatasetError(
-                    f"case folder {case_dir}: no file named like {case_dir.name}_t1.nii.gz "
-                    f"or {case_dir.name}-t1n.nii.gz; supported layouts: "
-                    + "; ".join(layout.description for layout in LAYOUTS.values())
-                )
+        cases = _case_folders(root, exclude)
     if not cases:
         raise DatasetError(
             f"dataset folder {root}: no cases found; supported layouts: "
@@ -250,7 +271,7 @@ def patient_id(case: dict) -> str:
 def case_id_from_path(path: str | Path) -> str:
     """The case id of an image file: the file stem less a layout's modality suffix.
 
-    Used to name outputs ``{case}_mean.nii.gz`` rather than after the t1 file.
+    Used to name outputs after the case (``bundle.io.outputs.OUTPUT_NAMES``), not its t1 file.
     """
     stem = _nifti_stem(Path(path)) or Path(path).stem
     for layout in SEPARATE_FILE_LAYOUTS:
@@ -259,8 +280,3 @@ def case_id_from_path(path: str | Path) -> str:
             if stem.endswith(ending) and Path(path).parent.name == stem[: -len(ending)]:
                 return stem[: -len(ending)]
     return stem
-
-
-def output_name_formatter(metadict: dict, saver: object) -> dict:
-    """``SaveImaged`` name formatter: outputs are named after the case, not its first file."""
-    return {"subject": case_id_from_path(metadict["filename_or_obj"]), "idx": None}

@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, Spacingd
+from monai.config import KeysCollection, PathLike
+from monai.data import MetaTensor, NibabelReader
+from monai.transforms import CenterSpatialCrop, MapTransform, ResizeWithPadOrCropd, Spacingd
+from monai.utils import ensure_tuple
 
-from bundle.data.layouts import MODALITIES
+from bundle.data.layouts import MODALITIES, case_id_from_path
 
 logger = logging.getLogger(__name__)
+
+
+class NiftiReader(NibabelReader):
+    """MONAI's ``NibabelReader`` with the bundle's geometry rule: a file's affine is nibabel's
+    ``image.affine`` (sform, else qform, else pixdim; see :mod:`bundle.data.validation`), as
+    validation, evaluation and the report read it.
+
+    MONAI's reader first "corrects" a header whose pixdim disagrees with its affine, taking the
+    qform (even one whose code says it is unset) when that matches pixdim: a 1 mm sform with a
+    2 mm pixdim then loads at 2 mm, and the outputs come out in another geometry than the input.
+    """
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: object) -> object:
+        filenames = ensure_tuple(data)
+        self.filenames = filenames
+        images = [nib.load(name, **{**self.kwargs, **kwargs}) for name in filenames]
+        return images if len(filenames) > 1 else images[0]
 
 
 class ReorderChannelsd(MapTransform):
@@ -62,6 +81,40 @@ class PathSafeSpacingd(Spacingd):
         d = super().__call__(d, lazy=lazy)
         d.update(aside)
         return d
+
+
+class FieldOfViewd(ResizeWithPadOrCropd):
+    """MONAI's ``ResizeWithPadOrCropd`` to the network's field of view (centre crop or pad), with
+    a warning naming the case when the crop cuts brain away: those voxels are not segmented at
+    inference, nor seen in training. The brain is where ``image_key`` is not 0, so this must
+    come after :class:`bundle.data.normalisation.BrainNormalized` (0 outside the brain)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        image_key: str = "image",
+        **kwargs: object,
+    ) -> None:
+        super().__init__(keys, spatial_size, **kwargs)
+        self.image_key = image_key
+        self.spatial_size = spatial_size
+        self.centre = CenterSpatialCrop(spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict:
+        image = data[self.image_key]
+        brain = torch.as_tensor(image != 0).any(0, keepdim=True)
+        total, kept = int(brain.sum()), int(self.centre(brain).sum())
+        if kept < total:
+            spacing = getattr(image, "pixdim", torch.ones(3))[:2]
+            sizes = zip(self.spatial_size[:2], spacing, strict=True)
+            field = " x ".join(f"{n * float(mm):.0f}" for n, mm in sizes)
+            logger.warning(
+                f"case {case_id_from_path(source_name(image))}: the brain reaches beyond the "
+                f"central {field} mm the network sees: {100 * (total - kept) / total:.1f} % of "
+                "its voxels are cut away, not segmented (or trained on)"
+            )
+        return super().__call__(data, lazy=lazy)
 
 
 class SelectSlicesd(MapTransform):

@@ -123,7 +123,9 @@ def reliability(
     names the cases in the titles."""
     folders = [predictions] if isinstance(predictions, str) else list(predictions)
     methods = [method] if isinstance(method, str) else list(method)
-    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed, split_file)
+    cases = labelled_cases(
+        dataset_dir, split, num_folds, fold, test_fraction, seed, split_file, exclude=folders
+    )
     fig, (curve, counts) = plt.subplots(1, 2, figsize=(10, 4))
     centres = (np.arange(bins) + 0.5) / bins
     for folder, name in zip(folders, methods, strict=True):

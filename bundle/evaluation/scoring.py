@@ -10,6 +10,7 @@ ensembles' variance and mean maps on the brain's voxels (:mod:`bundle.evaluation
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -54,8 +55,8 @@ def _load(path: Path, case_id: str) -> np.ndarray:
 def check_case(case: dict, predictions: str | Path, regions: str = "wt") -> None:
     """Raise DatasetError, naming the case and file, unless the case passes validation and its
     segmentation, mean and variance (and samples, if written) are there, readable, in the
-    label's shape and affine, and with the channels of ``regions``: checked for every case
-    before any case is scored."""
+    label's shape and affine, and with the channels of ``regions``, and the samples those whose
+    mean is the mean map: checked for every case before any case is scored."""
     case_id = case["case_id"]
     validate_case(case)
     label_path = Path(case["label"])
@@ -67,6 +68,35 @@ def check_case(case: dict, predictions: str | Path, regions: str = "wt") -> None
             check_geometry(case_id, path, image, label_path, label)
             if key in ("mean", "variance"):
                 _check_channels(case_id, image.shape, path, regions)
+    if output_path(predictions, case_id, "samples").is_file():
+        _check_samples_match(case_id, predictions, regions)
+
+
+SAMPLES_MEAN_ATOL = 1e-3
+"""How far the mean of the saved samples may be from the saved mean map: both come out of one
+interpolation back to the input grid, which is linear, so only float rounding separates them."""
+
+
+def _check_samples_match(case_id: str, predictions: str | Path, regions: str) -> None:
+    """Refuse samples that are not those of the mean map beside them (left by an earlier run
+    into the same folder), which would mix two runs into the 1..N-sample rows."""
+    samples_path, mean_path = (output_path(predictions, case_id, k) for k in ("samples", "mean"))
+    samples, mean = _load(samples_path, case_id), _load(mean_path, case_id)
+    channels = len(region_names(regions))
+    mean = mean.reshape(*mean.shape[:3], channels)
+    if samples.shape[:3] != mean.shape[:3] or math.prod(samples.shape[3:]) % channels:
+        raise DatasetError(
+            f"case {case_id}: file {samples_path} has shape {samples.shape}, not samples of "
+            f"{channels} region(s) in the shape of {mean_path}"
+        )
+    averaged = samples.reshape(*mean.shape[:3], -1, channels).mean(-2)
+    difference = float(np.abs(averaged - mean).max())
+    if difference > SAMPLES_MEAN_ATOL:
+        raise DatasetError(
+            f"case {case_id}: file {samples_path} is not from the run that wrote {mean_path} "
+            f"(their means differ by up to {difference:.3g}); rerun inference with "
+            "--overwrite true"
+        )
 
 
 def _check_channels(case_id: str, shape: tuple[int, ...], path: Path, regions: str) -> None:
@@ -94,9 +124,13 @@ def labelled_cases(
     test_fraction: float = 0.2,
     seed: int = 0,
     split_file: str | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> list[dict]:
-    """The labelled cases of one side of the training split (``all``: the whole folder)."""
-    selected = select_cases(dataset_dir, split, num_folds, fold, test_fraction, seed, split_file)
+    """The labelled cases of one side of the training split (``all``: the whole folder);
+    ``exclude``: folders under ``dataset_dir`` that hold no cases (prediction folders)."""
+    selected = select_cases(
+        dataset_dir, split, num_folds, fold, test_fraction, seed, split_file, exclude
+    )
     cases = [case for case in selected if "label" in case]
     if not cases:
         raise DatasetError(f"dataset folder {dataset_dir}: no labelled case in split {split!r}")
@@ -133,7 +167,8 @@ def load_case(
         "case_id": case_id,
         "layout": case["layout"],
         "label": label,
-        "spacing": tuple(float(s) for s in label_image.header.get_zooms()[:3]),
+        # from the affine, as every step reads geometry (bundle.data.validation), not pixdim
+        "spacing": tuple(float(s) for s in nib.affines.voxel_sizes(label_image.affine)[:3]),
         "brain": brain,
         "seg": seg,
         **{
@@ -263,7 +298,9 @@ def evaluate(
     if len(methods) != len(folders):
         raise ValueError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
     region_names(regions)  # fails early on an unknown setting
-    cases = labelled_cases(dataset_dir, split, num_folds, fold, test_fraction, seed, split_file)
+    cases = labelled_cases(
+        dataset_dir, split, num_folds, fold, test_fraction, seed, split_file, folders
+    )
     for folder in folders:
         for case in cases:
             check_case(case, folder, regions)

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bundle.data.layouts import DatasetError, reason
 from bundle.io.atomic import atomic_path
+from bundle.workflow.options import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,9 @@ def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3
         raise DatasetError(f"checkpoint {path} does not match network_def: {shapes[0]}{also}")
     if settings:
         raise DatasetError(f"checkpoint {path} was {trained}")
+    for key, obj in load_dict.items():
+        if isinstance(obj, Engine) and isinstance(checkpoint.get(key), dict):
+            _check_epochs(path, checkpoint[key], obj)
     missing = [
         key
         for key, obj in load_dict.items()
@@ -210,6 +214,20 @@ def check_checkpoint(path: str | Path, load_dict: dict[str, Any], shown: int = 3
     if any(isinstance(load_dict[key], WeightSettings) for key in missing):
         logger.warning(f"checkpoint {path} stores no settings: they cannot be checked")
     return missing
+
+
+def _check_epochs(path: Path, saved: dict[str, Any], engine: Engine) -> None:
+    """Refuse to resume a training state that has run more epochs than the run may (ignite
+    would stop with a traceback about ``max_epochs``): the fix is ``--epochs``."""
+    per_epoch = saved.get("epoch_length") or 0
+    done = saved.get("iteration", 0) // per_epoch if per_epoch else 0
+    wanted = engine.state.max_epochs
+    if wanted is not None and done > wanted:
+        raise OptionError(
+            f"--epochs {wanted} is below the {done} epochs that {path} has trained already: "
+            f"give --epochs {done} or more to train on from it, or another --ckpt_dir to start "
+            "over"
+        )
 
 
 class CheckpointLoader(MonaiCheckpointLoader):

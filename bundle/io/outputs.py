@@ -1,23 +1,27 @@
-"""Writing outputs so that a killed run never leaves a half-written file."""
+"""Inference outputs: their names, which cases still need them, and writing them so that a
+killed run never leaves a half-written file, a half-written case, or one case's files from two
+runs."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Hashable, Mapping, Sequence
+import time
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor, PathLike
-from monai.data import NibabelWriter
-from monai.transforms import MapTransform, SaveImaged
+from monai.data import MetaTensor, NibabelWriter
+from monai.transforms import MapTransform
+from torch.utils.data import Sampler
 
-from bundle.data.layouts import DEFAULT_LAYOUT, DatasetError, output_name_formatter
+from bundle.data.layouts import DEFAULT_LAYOUT, DatasetError, case_id_from_path
 from bundle.data.validation import validate_case
-from bundle.io.atomic import atomic_path, remove_stale_temporaries
-from bundle.io.slicer import seg_nrrd_path, write_seg_nrrd
+from bundle.io.atomic import LOCK_PREFIX, atomic_path, exclusive, remove_stale_temporaries
+from bundle.io.slicer import write_seg_nrrd
 from bundle.workflow.options import flag
 
 logger = logging.getLogger(__name__)
@@ -65,15 +69,29 @@ class AtomicNibabelWriter(NibabelWriter):
             super().write(tmp, verbose=verbose, **obj_kwargs)
 
 
-OUTPUTS: dict[str, tuple[str, torch.dtype]] = {
-    "mean": ("mean", torch.float32),
-    "variance": ("var", torch.float32),
-    "samples": ("samples", torch.float32),
-    "pred": ("seg", torch.uint8),
+OUTPUT_NAMES: dict[str, str] = {
+    "mean": "{case}_pred_mean.nii.gz",
+    "variance": "{case}_pred_var.nii.gz",
+    "pred": "{case}_pred_seg.nii.gz",
+    "samples": "{case}_pred_samples.nii.gz",
+    "seg_nrrd": "{case}_pred.seg.nrrd",
+    "quicklook": "{case}_pred_quicklook.png",
 }
-"""Inference outputs: data key -> (file postfix, dtype); ``_seg`` makes Slicer load a labelmap."""
+"""Every file inference writes for a case, by output key: the one table of names that the
+writer, the case filter, evaluation, the report, the scripts, the tests and the docs use.
 
-REQUIRED_OUTPUTS: tuple[str, ...] = ("mean", "variance", "pred")
+``_pred`` keeps them apart from every layout's own files (BraTS 2020 names its label
+``{case}_seg.nii.gz``), and ``_seg`` (a word of its own, as 3D Slicer's
+``(\\b|_)[Ss]eg(\\b|_)`` wants) makes Slicer load the segmentation as a labelmap; a
+``.seg.nrrd`` ending makes it a Segmentation."""
+
+NIFTI_DTYPES: dict[str, torch.dtype] = {
+    "mean": torch.float32,
+    "variance": torch.float32,
+    "samples": torch.float32,
+    "pred": torch.uint8,
+}
+"""The NIfTI outputs (data keys of the post-processed ensemble) and the dtype each is written in."""
 
 DISPLAY_WINDOWS: dict[str, tuple[float, float | None]] = {
     "mean": (0.0, 1.0),
@@ -89,28 +107,72 @@ DISPLAY_FALLBACK_MAX = 0.25
 
 
 def output_path(output_dir: str | Path, case_id: str, key: str) -> Path:
-    """The file inference writes for one output of one case, e.g. ``<out>/<case>_mean.nii.gz``."""
-    return Path(output_dir) / f"{case_id}_{OUTPUTS[key][0]}.nii.gz"
+    """The file inference writes for an output of a case, e.g. ``<out>/<case>_pred_mean.nii.gz``."""
+    return Path(output_dir) / OUTPUT_NAMES[key].format(case=case_id)
+
+
+def expected_outputs(quicklook: bool | str = True, save_samples: bool | str = False) -> list[str]:
+    """The outputs a finished case has: its maps, segmentation and Slicer file, the quick-look
+    and the samples when those are switched on."""
+    keys = ["mean", "variance", "pred", "seg_nrrd"]
+    return keys + ["quicklook"] * flag(quicklook) + ["samples"] * flag(save_samples)
+
+
+def input_files(case: dict) -> list[Path]:
+    """Every file a datalist entry reads: its image file(s) and label."""
+    return [Path(p) for p in np.atleast_1d(case["image"])] + (
+        [Path(case["label"])] if "label" in case else []
+    )
+
+
+def check_output_folder(output_dir: str | Path, cases: list[dict]) -> None:
+    """Refuse an output folder that holds an input file of the run: outputs written there could
+    replace an input (an older output name was BraTS 2020's label name) and would be read as
+    input by the next run."""
+    folder = Path(output_dir).resolve()
+    for case in cases:
+        for path in input_files(case):
+            if path.resolve().parent == folder:
+                raise DatasetError(
+                    f"output folder {output_dir} holds input file {path} of case "
+                    f"{case['case_id']}; write the outputs to another folder (--output_dir)"
+                )
 
 
 class CaseFilter:
     """The cases an inference run works on: every case of the folder that passes validation and
-    whose outputs are not there yet (unless ``overwrite``).
+    is not finished yet (unless ``overwrite``); then, case by case, :meth:`claims`.
 
-    A bad case is skipped with one error line naming it and its file, so the others still run;
-    :meth:`check` (the workflow's ``finalize``) then ends the run with exit code 1. A case whose
-    required outputs all exist is skipped and said so, so a stopped run over a folder picks up
-    where it ended; hidden temporary files that a killed run left in the output folder are
-    removed first.
+    The output folder must not hold an input file (:func:`check_output_folder`). A bad case is
+    skipped with one error line naming it and its file, so the others still run; :meth:`check`
+    (the workflow's ``finalize``) then ends the run with exit code 1. A case is finished when
+    every one of its outputs (:func:`expected_outputs`) exists, so a stopped run over a folder
+    picks up where it ended, even where it stopped between two files of a case; hidden temporary
+    files that a killed run left in the output folder are removed first.
     """
 
-    def __init__(self, output_dir: str, overwrite: bool | str = False, read_data: bool = True):
+    def __init__(
+        self,
+        output_dir: str,
+        overwrite: bool | str = False,
+        read_data: bool = True,
+        quicklook: bool | str = True,
+        save_samples: bool | str = False,
+    ):
         self.output_dir = output_dir
         self.overwrite = flag(overwrite)
         self.read_data = read_data
+        self.outputs = expected_outputs(quicklook, save_samples)
         self.failed: list[str] = []
+        self.started = time.time()
+
+    def finished(self, case_id: str, since: float = 0.0) -> bool:
+        """Whether every output of the case exists (each written after ``since``)."""
+        paths = [output_path(self.output_dir, case_id, key) for key in self.outputs]
+        return all(p.is_file() and p.stat().st_mtime >= since for p in paths)
 
     def __call__(self, cases: list[dict]) -> list[dict]:
+        check_output_folder(self.output_dir, cases)
         remove_stale_temporaries(self.output_dir)
         selected = []
         for case in cases:
@@ -120,11 +182,7 @@ class CaseFilter:
                 logger.error(f"skipped: {err}")
                 self.failed.append(case["case_id"])
                 continue
-            done = all(
-                output_path(self.output_dir, case["case_id"], key).is_file()
-                for key in REQUIRED_OUTPUTS
-            )
-            if done and not self.overwrite:
+            if self.finished(case["case_id"]) and not self.overwrite:
                 logger.info(
                     f"{case['case_id']}: outputs exist in {self.output_dir}, skipped "
                     "(overwrite=true to redo)"
@@ -133,6 +191,11 @@ class CaseFilter:
             selected.append(case)
         return selected
 
+    def claims(self, datalist: list[dict]) -> CaseClaims:
+        """The sampler that hands the cases of ``datalist`` out one at a time (see
+        :class:`CaseClaims`)."""
+        return CaseClaims(datalist, self)
+
     def check(self) -> None:
         """Exit with code 1, after a summary line, if any case was skipped as bad."""
         if self.failed:
@@ -140,20 +203,54 @@ class CaseFilter:
             sys.exit(1)
 
 
+class CaseClaims(Sampler):
+    """The data loader's order of cases, each claimed just before it is loaded.
+
+    A case is claimed through its lock file in the output folder
+    (:func:`bundle.io.atomic.exclusive`), held until the loader asks for the next case, by when
+    the case's outputs are written. A case that another run holds is left to it, and one that
+    another run finished since this one started is not redone, so two runs over one folder
+    share the cases rather than both computing each. A claimed case's earlier outputs are
+    deleted first: its files are always one run's consistent set (no ``_samples`` of an earlier
+    run beside a newer mean). No ``__len__``: the number of cases is known once they are done.
+    """
+
+    def __init__(self, datalist: list[dict], case_filter: CaseFilter) -> None:
+        self.datalist = datalist
+        self.filter = case_filter
+
+    def __iter__(self) -> Iterator[int]:
+        for index, case in enumerate(self.datalist):
+            case_id = case["case_id"]
+            lock = Path(self.filter.output_dir) / f"{LOCK_PREFIX}{case_id}"
+            with exclusive(lock) as owner:
+                if owner is not None:
+                    logger.info(f"{case_id}: being written by process {owner}, skipped")
+                    continue
+                since = 0.0 if not self.filter.overwrite else self.filter.started
+                if self.filter.finished(case_id, since):
+                    logger.info(f"{case_id}: written by another run meanwhile, skipped")
+                    continue
+                for key in OUTPUT_NAMES:
+                    output_path(self.filter.output_dir, case_id, key).unlink(missing_ok=True)
+                yield index
+
+
 class SaveEnsembled(MapTransform):
     """Write a case's mean, variance, segmentation (and samples, when present) as NIfTI, and the
-    segmentation again as a 3D Slicer Segmentation, ``{case}.seg.nrrd``.
+    segmentation again as a 3D Slicer Segmentation, each under its :data:`OUTPUT_NAMES` name.
 
-    One ``SaveImaged`` per output, each with the bundle's name, dtype and display window, in the
-    geometry the data carry (``Invertd`` has put them back into the input's), through the
-    atomic writer. The segments are named after ``regions`` in the case's label numbering (its
-    ``layout``, see :func:`bundle.data.regions.labelmap_classes`).
+    Each NIfTI with its dtype and display window, in the geometry the data carry (``Invertd``
+    has put them back into the input's), through the atomic writer, which reports a full disk
+    (MONAI's ``SaveImaged`` would turn it into "cannot find a suitable writer"). The segments
+    are named after ``regions`` in the case's label numbering (its ``layout``, see
+    :func:`bundle.data.regions.labelmap_classes`).
     """
 
     def __init__(
         self,
         output_dir: str,
-        keys: KeysCollection = tuple(OUTPUTS),
+        keys: KeysCollection = tuple(NIFTI_DTYPES),
         regions: str | Sequence[str] = "wt",
         layout_key: str = "layout",
     ) -> None:
@@ -161,35 +258,27 @@ class SaveEnsembled(MapTransform):
         self.output_dir = output_dir
         self.regions = regions
         self.layout_key = layout_key
-        self.savers = []
-        for key in self.keys:
-            saver = SaveImaged(
-                keys=key,
-                output_dir=output_dir,
-                output_postfix=OUTPUTS[key][0],
-                output_dtype=OUTPUTS[key][1],
-                resample=False,
-                separate_folder=False,
-                output_name_formatter=output_name_formatter,
-                writer=AtomicNibabelWriter,
-                print_log=False,
-                allow_missing_keys=True,
-            )
-            saver.set_options(init_kwargs={"display_window": DISPLAY_WINDOWS.get(key)})
-            self.savers.append(saver)
+
+    def write_nifti(self, key: str, data: MetaTensor, case_id: str) -> None:
+        """One (C, X, Y, Z) map as ``OUTPUT_NAMES[key]`` (a single channel as a 3-D volume)."""
+        writer = AtomicNibabelWriter(
+            output_dtype=NIFTI_DTYPES[key], display_window=DISPLAY_WINDOWS.get(key)
+        )
+        writer.set_data_array(data, channel_dim=0, squeeze_end_dims=True)
+        writer.set_metadata(data.meta, resample=False)
+        writer.write(output_path(self.output_dir, case_id, key))
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        for saver in self.savers:
-            d = saver(d)
-        if "pred" in self.keys and "pred" in d:
-            seg = d["pred"]
-            case_id = output_name_formatter(seg.meta, self)["subject"]
-            write_seg_nrrd(
-                seg[0].cpu().numpy(),
-                seg.affine.cpu().numpy(),
-                self.regions,
-                d.get(self.layout_key, DEFAULT_LAYOUT),
-                seg_nrrd_path(self.output_dir, case_id),
-            )
+        for key in self.key_iterator(d):
+            case_id = case_id_from_path(d[key].meta["filename_or_obj"])
+            self.write_nifti(key, d[key], case_id)
+            if key == "pred":
+                write_seg_nrrd(
+                    d[key][0].cpu().numpy(),
+                    d[key].affine.cpu().numpy(),
+                    self.regions,
+                    d.get(self.layout_key, DEFAULT_LAYOUT),
+                    output_path(self.output_dir, case_id, "seg_nrrd"),
+                )
         return d

@@ -38,7 +38,7 @@ def write_quicklook(
     slice (RAS) with the most tumour, read back from the written files (maps of ``regions``);
     ``note`` follows the case id in the title (the uncertainty score and any review flag)."""
     case_id = case["case_id"]
-    png = Path(output_dir) / f"{case_id}_quicklook.png"
+    png = output_path(output_dir, case_id, "quicklook")
     images = case["image"]
     flair_index = MODALITIES.index("flair")
     if isinstance(images, str):  # one 4-D file: FLAIR is the stored channel channel_order[flair]

@@ -1,8 +1,8 @@
 """3D Slicer output: the segmentation as a ``.seg.nrrd`` Segmentation with named, coloured segments.
 
-Slicer loads ``{case}_seg.nii.gz`` as a plain labelmap (numbers, a generic colour table), but a
-``.seg.nrrd`` as a Segmentation node: each label value becomes a segment with its name and colour,
-ready for 3-D rendering and the Segment Editor.
+Slicer loads the ``_pred_seg.nii.gz`` segmentation as a plain labelmap (numbers, a generic
+colour table), but a ``.seg.nrrd`` as a Segmentation node: each label value becomes a segment
+with its name and colour, ready for 3-D rendering and the Segment Editor.
 """
 
 from __future__ import annotations
@@ -27,12 +27,6 @@ tumour, and orange for a whole-tumour-only model's one segment."""
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """NIfTI affines map voxels to RAS; NRRD's ``space`` here is LPS (as DICOM and Slicer's files)."""
-
-
-def seg_nrrd_path(output_dir: str | Path, case_id: str) -> Path:
-    """Where inference writes a case's Segmentation, ``<out>/<case>.seg.nrrd`` (Slicer detects a
-    Segmentation by the ``.seg.nrrd`` ending)."""
-    return Path(output_dir) / f"{case_id}.seg.nrrd"
 
 
 def write_seg_nrrd(

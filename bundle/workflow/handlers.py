@@ -1,13 +1,16 @@
 """Ignite handlers the workflows need: checked checkpoint loading, a resumable checkpoint that
-keeps the last good state, validation that runs at least once, a report of what a training run
-did, a NaN-loss stop, a time limit and a progress bar."""
+keeps the last good state (also on Ctrl-C and SIGTERM), validation that runs at least once, a
+report of what a training run did, a NaN-loss stop, a time limit and a progress bar."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +56,14 @@ class ResumableCheckpoint:
     continues; with ``resume`` false the run starts at epoch 0 from the weights the network has
     (MONAI Label's requests: it loads ``model.pt`` itself). Hidden temporaries that a save
     killed midway left are deleted when the run starts.
+
+    Ctrl-C (SIGINT) or SIGTERM (a scheduler's stop) while the engine runs ends the iteration in
+    progress, saves, and then ends the process by the same signal, as it would have without the
+    save (before the end-of-run handlers, such as a last validation); a second signal ends it at
+    once.
     """
+
+    STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(
         self,
@@ -67,6 +77,7 @@ class ResumableCheckpoint:
         self.save_dict = save_dict
         self.interval = interval
         self.resume = resume
+        self.stopped_by: int | None = None
 
     def attach(self, engine: Engine) -> None:
         self.save_dict = {**self.save_dict, "trainer": engine}
@@ -77,6 +88,7 @@ class ResumableCheckpoint:
         if self.interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
         engine.add_event_handler(Events.STARTED, self._save_after_epochs)
+        engine.add_event_handler(Events.STARTED, self._catch_stop_signals)
 
     def _save_after_epochs(self, engine: Engine) -> None:
         """Registered once the run starts, so that the end-of-epoch and end-of-run saves come
@@ -84,6 +96,49 @@ class ResumableCheckpoint:
         its best score."""
         if not engine.has_event_handler(self.save, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED | Events.COMPLETED, self.save)
+            # a signal ends the process before the end-of-run handlers: save first
+            engine.add_event_handler(Events.TERMINATE, self.save)
+            engine.add_event_handler(Events.TERMINATE, self._end_if_signalled)
+
+    def _catch_stop_signals(self, engine: Engine) -> None:
+        """While the engine runs, a stop signal terminates it (which saves) instead of the
+        process; only the main thread can install signal handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = {stop: signal.getsignal(stop) for stop in self.STOP_SIGNALS}
+        for stop in self.STOP_SIGNALS:
+            signal.signal(stop, lambda number, _frame: self._stop(engine, number))
+
+        def release(engine: Engine) -> None:
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
+
+        engine.add_event_handler(Events.COMPLETED, release)
+
+    def _stop(self, engine: Engine, number: int) -> None:
+        if self.stopped_by is not None:  # asked twice: stop now
+            self._end_by(number)
+        self.stopped_by = number
+        logger.warning(
+            f"{signal.Signals(number).name} received: stopping after this iteration, saving "
+            f"{self.path} (again to stop at once)"
+        )
+        engine.terminate()
+
+    def _end_if_signalled(self, engine: Engine) -> None:
+        """After the save on termination: end the process by the signal that stopped it."""
+        if self.stopped_by is not None:
+            logger.warning(
+                f"stopped by {signal.Signals(self.stopped_by).name} at iteration "
+                f"{engine.state.iteration}; state saved in {self.path}, rerun to resume"
+            )
+            self._end_by(self.stopped_by)
+
+    @staticmethod
+    def _end_by(number: int) -> None:
+        logging.shutdown()
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
 
     def _resumed(self, engine: Engine) -> None:
         weights = ", ".join(
