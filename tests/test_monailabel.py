@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.io.outputs import output_path
 from scripts.stack_modalities import stack_modalities
 from tests.monailabel_app import (
     MODEL,
@@ -109,7 +110,7 @@ def test_infer_task_on_the_stacked_file_equals_inference_on_the_separate_files(
         device="cpu",
         quicklook=False,
     )
-    separate = nib.load(str(out / f"{case.name}_seg.nii.gz"))
+    separate = nib.load(str(output_path(out, case.name, "pred")))
     stacked = nib.load(label_file)
     np.testing.assert_allclose(stacked.affine, separate.affine, atol=1e-4)
     seg = np.asanyarray(separate.dataobj)
