@@ -243,7 +243,7 @@ class CheckpointLoader(MonaiCheckpointLoader):
 
 def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load a checkpoint's weights into ``network`` (in eval mode) for scripts that run it
-    outside a workflow: a bare state dict (the demo weights) or a training checkpoint
+    outside a workflow: a bare state dict (saved by other code) or a training checkpoint
     ``{"model": state_dict, "settings": ...}``, checked first by :func:`check_checkpoint`."""
     check_checkpoint(path, {"model": network})
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
