@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from bundle.data.synthetic import make_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: one thread each
+    torch.set_num_threads(1)
 
 SMALL_SHAPE = (64, 64, 40)
 LAYOUT_NAMES = ("brats2020", "brats2023", "msd")
