@@ -23,7 +23,7 @@ def test_ci_runs_the_two_readme_commands():
     assert demo.startswith("pip install -r requirements.txt")
     assert tests.startswith("pip install") and "requirements-dev.txt" in tests
     assert "--no-deps -r requirements-monailabel.txt" in tests
-    assert tests.endswith("python -m pytest -q")
+    assert tests.endswith("python -m pytest -q -n 2")  # the whole suite, on two workers
     run = (REPO / ".ci" / "run").read_text()
     assert "python -m venv" in run and ".ci/readme_commands.py" in run
     assert "pip install" not in run  # no install step of its own that the README could lack
