@@ -136,6 +136,8 @@ def draw(
 SAMPLE_FORMS = ("soft", "binary")
 """How the samples enter the mean and variance: as the sampler's [0, 1] x0 estimates, or each
 thresholded at 0.5 first (N masks, the mean then a vote)."""
+SETTING = ("model", "sampler", "steps", "eta", "samples")
+"""What makes one setting of the study: its rows are grouped by these (and by side and size)."""
 
 
 def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str, float]:
@@ -168,7 +170,7 @@ def choose(
 def summarise(rows: list[dict]) -> list[dict]:
     """Means over the cases of each side per model, setting and ensemble size, and the case
     score's Spearman correlation with Dice across those cases."""
-    keys = ("side", "model", "sampler", "steps", "eta", "samples", "k")
+    keys = ("side", *SETTING, "k")
     summary = []
     for group_key in dict.fromkeys(tuple(r[k] for k in keys) for r in rows):
         group = [r for r in rows if tuple(r[k] for k in keys) == group_key]
@@ -192,7 +194,7 @@ def markdown(summary: list[dict], sizes: Sequence[int]) -> str:
         "| errors with var | UEO | ECE | QU-BraTS | case score | Spearman | s per slice |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    setting = ("side", "model", "sampler", "steps", "eta", "samples")
+    setting = ("side", *SETTING)
     single = {tuple(s[k] for k in setting): s for s in summary if s["k"] == 1}
     for s in summary:
         if s["k"] not in sizes:
@@ -240,10 +242,9 @@ def plot(summary: list[dict], output: Path, side: str) -> list[Path]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    setting = ("model", "sampler", "steps", "eta", "samples")
-    for key in dict.fromkeys(tuple(s[k] for k in setting) for s in summary):
+    for key in dict.fromkeys(tuple(s[k] for k in SETTING) for s in summary):
         line = sorted(
-            (s for s in summary if tuple(s[k] for k in setting) == key), key=lambda s: s["k"]
+            (s for s in summary if tuple(s[k] for k in SETTING) == key), key=lambda s: s["k"]
         )
         if len(line) < 3:
             continue

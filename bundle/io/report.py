@@ -109,18 +109,19 @@ class CaseSummary:
     Args:
         output_dir: the inference run's output folder (the quick-looks go there too).
         datalist: the cases of the run, by ``case_id``.
+        review_threshold: a case whose uncertainty score exceeds it is flagged for review
+            (``review_threshold`` in inference.yaml).
         regions: the mask channels of the run's maps (``region_names``).
         quicklook: write the PNG.
-        review_threshold: a case whose uncertainty score exceeds it is flagged for review.
     """
 
     def __init__(
         self,
         output_dir: str,
         datalist: list[dict],
+        review_threshold: float,
         regions: str | Sequence[str] = "wt",
         quicklook: bool = True,
-        review_threshold: float = 0.3,
     ) -> None:
         self.output_dir = output_dir
         self.cases = {case["case_id"]: case for case in datalist}
