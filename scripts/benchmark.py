@@ -106,7 +106,8 @@ def run_ours(config: ConfigParser, case: dict, network: torch.nn.Module) -> tupl
 
 
 def whole_tumour_maps(out: dict, wt: int, mask_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The whole tumour's mean and variance in a network-grid output (C means, C variances)."""
+    """The whole tumour's mean and variance in a network-grid output (C means, C variances, C
+    votes)."""
     return out["pred"][wt].numpy(), out["pred"][mask_channels + wt].numpy()
 
 

@@ -35,6 +35,7 @@ from bundle.data.datalist import load_datalist, write_json
 from bundle.data.layouts import find_cases
 from bundle.data.synthetic import make_demo_data
 from bundle.data.validation import validate_case
+from bundle.ensemble.inferers import STATISTICS
 from bundle.evaluation.scoring import check_case
 from bundle.io.atomic import atomic_path
 from bundle.io.checkpoints import check_checkpoint
@@ -291,7 +292,7 @@ def other_messages(root: Path, dataset: Path, good: str) -> list[tuple[str, str,
     predictions = root / "predictions"
     predictions.mkdir()
     label = nib.load(good_case["label"])
-    for key in ("pred", "mean", "variance"):
+    for key in ("pred", *STATISTICS):
         nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine),
                  str(output_path(predictions, good, key)))  # fmt: skip
     output_path(predictions, good, "variance").unlink()

@@ -34,7 +34,7 @@ from monai.transforms import Compose  # noqa: E402
 
 from bundle.data.datalist import build_datalist  # noqa: E402
 from bundle.diffusion.samplers import make_sampler  # noqa: E402
-from bundle.ensemble.inferers import ImplicitEnsembleInferer  # noqa: E402
+from bundle.ensemble.inferers import STATISTICS, THRESHOLD, ImplicitEnsembleInferer  # noqa: E402
 from bundle.evaluation.metrics import (  # noqa: E402
     expected_calibration_error,
     expected_dice_gap,
@@ -128,8 +128,9 @@ def draw(
         return_samples=True,
     )
     out = inferer(image, network)
-    channels = (out.shape[1]) // (2 + num_samples)
-    samples = out[:, 2 * channels :].reshape(len(image), num_samples, channels, *out.shape[2:])
+    channels = out.shape[1] // (len(STATISTICS) + num_samples)
+    first = len(STATISTICS) * channels
+    samples = out[:, first:].reshape(len(image), num_samples, channels, *out.shape[2:])
     return samples.movedim(1, 0).numpy()
 
 
@@ -141,14 +142,15 @@ SETTING = ("model", "sampler", "steps", "eta", "samples")
 
 
 def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str, float]:
-    """Whole-tumour metrics of an ensemble (N, S, C, H, W) of one case's slices."""
+    """Whole-tumour metrics of an ensemble (N, S, C, H, W) of one case's slices; the case score
+    from the samples' votes, as inference computes it."""
     mean, variance = samples[:, :, 0].mean(0), samples[:, :, 0].var(0)
     truth = label[:, 0]
-    seg = mean > 0.5
+    seg = mean > THRESHOLD
     row = {"dice": overlap(seg, truth)[0]}
     row.update(uncertainty_metrics(variance, seg, truth, brain))
     row["ece"] = expected_calibration_error(mean[brain], truth[brain])
-    row["case_uncertainty"] = expected_dice_gap(mean)
+    row["case_uncertainty"] = expected_dice_gap((samples[:, :, 0] > THRESHOLD).mean(0), seg)
     return {key: row[key] for key in COLUMNS}
 
 

@@ -18,10 +18,12 @@ def write_predictions(
     variance: np.ndarray,
     samples: np.ndarray | None = None,
 ) -> None:
-    """One case's segmentation, mean, variance (and samples) NIfTI in the label's grid."""
+    """One case's segmentation, mean, variance, votes (the samples' votes, or the mean when there
+    are no samples: the hand-made means are votes) and samples NIfTI in the label's grid."""
     affine = nib.load(case["label"]).affine
     folder.mkdir(parents=True, exist_ok=True)
-    outputs = {"pred": seg.astype(np.uint8), "mean": mean, "variance": variance}
+    votes = mean if samples is None else (samples > 0.5).mean(-1)
+    outputs = {"pred": seg.astype(np.uint8), "mean": mean, "variance": variance, "votes": votes}
     if samples is not None:
         outputs["samples"] = samples
     for key, data in outputs.items():

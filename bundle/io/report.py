@@ -79,15 +79,16 @@ def write_quicklook(
 
 
 def case_summary(
-    seg: np.ndarray, mean: np.ndarray, variance: np.ndarray, voxel_ml: float
+    seg: np.ndarray, variance: np.ndarray, votes: np.ndarray, voxel_ml: float
 ) -> dict[str, float]:
     """Tumour volume (ml), mean variance inside the predicted tumour and the case's uncertainty
-    score (:func:`bundle.evaluation.metrics.expected_dice_gap` of the whole-tumour mean)."""
+    score (:func:`bundle.evaluation.metrics.expected_dice_gap` of the whole-tumour votes against
+    the segmentation)."""
     tumour = seg > 0
     return {
         "tumour_ml": float(tumour.sum() * voxel_ml),
         "variance_in_tumour": float(variance[tumour].mean()) if tumour.any() else 0.0,
-        "uncertainty": expected_dice_gap(mean),
+        "uncertainty": expected_dice_gap(votes, tumour),
     }
 
 
@@ -147,8 +148,7 @@ class CaseSummary:
             segmentation = seg.cpu().numpy()
             stats = case_summary(
                 segmentation,
-                item["mean"][wt : wt + 1].cpu().numpy(),
-                item["variance"][wt : wt + 1].cpu().numpy(),
+                *(item[k][wt : wt + 1].cpu().numpy() for k in ("variance", "votes")),
                 voxel_ml,
             )
             score = f"uncertainty {stats['uncertainty']:.3f}"
