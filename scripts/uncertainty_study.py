@@ -150,7 +150,7 @@ def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str
     row = {"dice": overlap(seg, truth)[0]}
     row.update(uncertainty_metrics(variance, seg, truth, brain))
     row["ece"] = expected_calibration_error(mean[brain], truth[brain])
-    row["case_uncertainty"] = expected_dice_gap((samples[:, :, 0] > THRESHOLD).mean(0), seg)
+    row["case_uncertainty"] = expected_dice_gap((samples[:, :, 0] > THRESHOLD).mean(0))
     return {key: row[key] for key in COLUMNS}
 
 

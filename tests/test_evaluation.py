@@ -171,17 +171,17 @@ def test_spearman_known_answers():
 def test_expected_dice_gap_is_zero_when_samples_agree_and_grows_with_doubt():
     agreed = np.zeros((4, 4))
     agreed[1:3, 1:3] = 1.0
-    assert expected_dice_gap(agreed, agreed > 0.5) == 0.0
-    assert expected_dice_gap(np.zeros((4, 4)), np.zeros((4, 4))) == 0.0
+    assert expected_dice_gap(agreed) == 0.0
+    assert expected_dice_gap(np.zeros((4, 4))) == 0.0
     # two voxels every sample calls tumour, two that 2 of 5 samples call tumour: a sample
     # overlaps the segmentation (the two sure voxels) in 2 voxels and has 2.8 on average
     doubt = np.zeros((4, 4))
     doubt[0, :2], doubt[3, :2] = 1.0, 0.4
-    assert expected_dice_gap(doubt, doubt > 0.5) == pytest.approx(1 - 2 * 2 / (2 + 2.8))
+    assert expected_dice_gap(doubt) == pytest.approx(1 - 2 * 2 / (2 + 2.8))
     # the same disagreement around a larger tumour matters less
     large = np.zeros((8, 8))
     large[:4, :4], large[7, :2] = 1.0, 0.4
-    assert 0 < expected_dice_gap(large, large > 0.5) < expected_dice_gap(doubt, doubt > 0.5)
+    assert 0 < expected_dice_gap(large) < expected_dice_gap(doubt)
 
 
 def test_qu_brats_rewards_uncertainty_that_marks_the_errors():

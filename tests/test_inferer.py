@@ -226,3 +226,19 @@ def test_only_the_brain_box_is_sampled() -> None:
     outside[8:14, 10:20] = False
     assert out[..., outside, :].abs().max() == 0
     assert out[:, 0][..., ~outside, :].abs().max() > 0
+
+
+def test_cpu_workers_give_the_same_ensemble_and_share_the_memory_budget() -> None:
+    """Network calls on two CPU threads (one intra-op thread each) give what one call at a time
+    gives, restore PyTorch's thread setting, and each get half the budget's images."""
+    image, network = images(1, 4, 16, 16, 4), tiny_unet()
+    threads = torch.get_num_threads()
+    probe = make_inferer()
+    probe(image[..., :1], network)
+    budget = 8.5 * probe.batching["activation_mb_per_image"]  # 8 images a call
+    one, two = (make_inferer(cpu_workers=w, memory_budget_mb=budget) for w in (1, 2))
+    torch.testing.assert_close(two(image, network), one(image, network), atol=1e-5, rtol=0)
+    assert torch.get_num_threads() == threads
+    assert (one.batching["images_per_call"], two.batching["images_per_call"]) == (8, 4)
+    with pytest.raises(ValueError, match="cpu_workers"):
+        make_inferer(cpu_workers=0)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from bundle.diffusion.process import network_input, x0_to_probability
 from bundle.diffusion.samplers import Sampler
 from bundle.ensemble.precision import NetworkRunner
+from bundle.ensemble.workers import map_calls
 from bundle.workflow.options import flag
 
 STATISTICS = ("mean", "variance", "votes")
@@ -127,15 +128,21 @@ class SliceEnsembleInferer(Inferer):
         network: Callable[..., torch.Tensor],
         forward: Callable[[torch.Tensor], torch.Tensor],
         example: torch.Tensor,
+        parallel: int = 1,
     ) -> int:
-        """How many images go through the network at once: as many as the memory budget holds,
-        and on a CPU at most ``cpu_batch_size``, since there an image costs more in a large
-        batch (demo network at 88x104, 1 thread: 35 ms an image at batch 4, 72 ms at 256).
-        The last call's choice stays in :attr:`batching`, for reports."""
+        """How many images go through the network at once: as many as the memory budget holds
+        (shared by ``parallel`` calls side by side), and on a CPU at most ``cpu_batch_size``,
+        since there an image costs more in a large batch (demo network at 88x104, 1 thread:
+        35 ms an image at batch 4, 72 ms at 256). The last call's choice stays in
+        :attr:`batching`, for reports."""
         per_image = activation_bytes_per_image(network, forward, example)
-        chunk = max(1, int(self.memory_budget_mb * 2**20 // per_image))
+        chunk = max(1, int(self.memory_budget_mb * 2**20 // per_image // parallel))
         chunk = min(chunk, self.cpu_batch_size) if example.device.type == "cpu" else chunk
-        self.batching = {"activation_mb_per_image": per_image / 2**20, "images_per_call": chunk}
+        self.batching = {
+            "activation_mb_per_image": per_image / 2**20,
+            "images_per_call": chunk,
+            "calls_side_by_side": parallel,
+        }
         return chunk
 
 
@@ -167,6 +174,9 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         spatial_multiple: the sampled box's height and width are multiples of it.
         cpu_batch_size: most images per network call on a CPU.
         nested: make the channels nested regions (see :class:`SliceEnsembleInferer`).
+        cpu_workers: on a CPU, network calls run side by side on this many threads, each with
+            one intra-op thread (:mod:`bundle.ensemble.workers`); 1: one call at a time, on
+            PyTorch's intra-op threads. The memory budget is shared among them.
     """
 
     def __init__(
@@ -183,6 +193,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         spatial_multiple: int = 8,
         cpu_batch_size: int = 8,
         nested: bool = False,
+        cpu_workers: int = 1,
     ) -> None:
         super().__init__(
             num_samples,
@@ -195,6 +206,9 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             cpu_batch_size,
             nested,
         )
+        if cpu_workers < 1:
+            raise ValueError(f"cpu_workers must be >= 1, got {cpu_workers}.")
+        self.cpu_workers = cpu_workers
         self.sampler = sampler
         self.progress = progress
         self.amp = flag(amp)
@@ -223,17 +237,18 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
             t = torch.zeros(len(x), dtype=torch.long, device=x.device) if t is None else t
             return runner(x, t)
 
-        chunk = self._chunk(runner.network, forward, network_input(noise[:1], image[:1]))
+        workers = self.cpu_workers if slices.device.type == "cpu" else 1
+        example = network_input(noise[:1], image[:1])
+        chunk = self._chunk(runner.network, forward, example, workers)
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            outputs = []
-            for start in range(0, x_t.shape[0], chunk):
+            def call(start: int) -> torch.Tensor:
                 stop = min(start + chunk, x_t.shape[0])
                 # the state is sample-major: row r belongs to kept slice r % kept
                 rows = torch.arange(start, stop, device=x_t.device) % kept
-                x = network_input(x_t[start:stop], image[rows])
-                outputs.append(forward(x, t[start:stop]))
-            return torch.cat(outputs)
+                return forward(network_input(x_t[start:stop], image[rows]), t[start:stop])
+
+            return torch.cat(map_calls(call, range(0, x_t.shape[0], chunk), workers))
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)

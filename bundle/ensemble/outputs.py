@@ -25,6 +25,9 @@ class SplitEnsembled(MapTransform):
         num_channels: C, the regions.
         threshold: of the mean, for the segmentation.
         samples_key: where the samples go, when the inferer returned them.
+        votes_from: a copy of the inferer's output, brought back to the input's grid by
+            nearest-neighbour interpolation (``Invertd``), to read the votes from, so that they
+            stay fractions of the N samples; removed. None: the votes of ``keys``.
     """
 
     def __init__(
@@ -33,11 +36,13 @@ class SplitEnsembled(MapTransform):
         num_channels: int = 1,
         threshold: float = THRESHOLD,
         samples_key: str = "samples",
+        votes_from: str | None = None,
     ) -> None:
         super().__init__(keys)
         self.num_channels = num_channels
         self.threshold = threshold
         self.samples_key = samples_key
+        self.votes_from = votes_from
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -48,5 +53,8 @@ class SplitEnsembled(MapTransform):
                 d[name] = out[i * c : (i + 1) * c]
             if out.shape[0] > len(STATISTICS) * c:
                 d[self.samples_key] = out[len(STATISTICS) * c :]
+            if self.votes_from is not None:
+                votes = STATISTICS.index("votes") * c
+                d["votes"] = d.pop(self.votes_from)[votes : votes + c]
             d[key] = (out[:c] > self.threshold).to(torch.uint8)
         return d

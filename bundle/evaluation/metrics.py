@@ -32,19 +32,21 @@ def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(2 * intersection / total), float(intersection / (total - intersection))
 
 
-def expected_dice_gap(votes: np.ndarray, segmentation: np.ndarray) -> float:
+def expected_dice_gap(votes: np.ndarray, threshold: float = 0.5) -> float:
     """A case's uncertainty: 1 minus the Dice that a sample of the ensemble is expected to have
-    against the ensemble's segmentation.
+    against the samples' majority (votes > ``threshold``).
 
     ``votes`` is each voxel's fraction of samples that call it tumour (each sample thresholded
-    at 0.5), so a sample's overlap with the segmentation S and its size are, in expectation, the
+    at 0.5), so a sample's overlap with the majority S and its size are, in expectation, the
     sums of the votes over S and over the volume: the gap is 1 - 2 sum_S(votes) / (|S| +
-    sum(votes)). It is 0 when all samples agree and grows as they disagree relative to the
-    tumour's size (0 with no tumour and no doubt). Votes, not the mean of soft samples: their
-    low values over the whole brain would count as partial votes and make the score grow with
-    the brain's size (docs/uncertainty.md, "Case triage").
+    sum(votes)). It is 0 when all samples agree (one sample: always) and grows as they disagree
+    relative to the tumour's size (0 with no tumour and no doubt). Votes, not the mean of soft
+    samples, whose low values over the whole brain would count as partial votes and make the
+    score grow with the brain's size; and votes brought back to the input's grid by nearest
+    neighbour, since interpolated ones would add a term that grows with the tumour's surface
+    (docs/uncertainty.md, "Case triage").
     """
-    seg = segmentation.astype(bool)
+    seg = votes > threshold
     denominator = float(seg.sum() + votes.sum())
     if denominator == 0:
         return 0.0

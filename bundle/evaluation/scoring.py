@@ -209,7 +209,7 @@ def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> l
             row.update(segmentation_metrics(pred, truth, volumes["spacing"]))
             row.update(uncertainty_metrics(variance[..., c], pred, truth, brain))
             row["ece"] = expected_calibration_error(mean[..., c][brain], truth[brain])
-            row["case_uncertainty"] = expected_dice_gap(votes[..., c], pred)
+            row["case_uncertainty"] = expected_dice_gap(votes[..., c])
             rows.append(row)
     return rows
 

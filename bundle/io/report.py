@@ -82,13 +82,12 @@ def case_summary(
     seg: np.ndarray, variance: np.ndarray, votes: np.ndarray, voxel_ml: float
 ) -> dict[str, float]:
     """Tumour volume (ml), mean variance inside the predicted tumour and the case's uncertainty
-    score (:func:`bundle.evaluation.metrics.expected_dice_gap` of the whole-tumour votes against
-    the segmentation)."""
+    score (:func:`bundle.evaluation.metrics.expected_dice_gap` of the whole-tumour votes)."""
     tumour = seg > 0
     return {
         "tumour_ml": float(tumour.sum() * voxel_ml),
         "variance_in_tumour": float(variance[tumour].mean()) if tumour.any() else 0.0,
-        "uncertainty": expected_dice_gap(votes, tumour),
+        "uncertainty": expected_dice_gap(votes),
     }
 
 

@@ -153,6 +153,7 @@ COUNTS = ("num_samples", "sampling_steps", "val_num_samples", "val_sampling_step
 SIZES = (
     "batch_size",
     "cpu_batch_size",
+    "cpu_workers",
     "val_interval",
     "slices_per_volume",
     "val_slices_per_volume",
