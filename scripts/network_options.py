@@ -4,8 +4,9 @@
 
 The options: float32 as is, channels-last, bfloat16 autocast, the bfloat16 channels-last copy
 that ``bundle.ensemble.precision`` runs by default on CPUs with AMX / AVX512-BF16, batch sizes,
-1 thread or one per CPU, and where installed ONNX Runtime (float32) and OpenVINO (float32, bfloat16)
-on the traced network, and ``torch.compile`` (``--compile true``: minutes of compiling first).
+1 thread or one per CPU, one call per CPU side by side, and where installed ONNX Runtime
+(float32) and OpenVINO (float32, bfloat16) on the traced network, and ``torch.compile``
+(``--compile true``: minutes of compiling first).
 Each is timed ``repeats`` times, the options interleaved so that a shared machine's load falls
 on all alike; the median milliseconds per image are reported, with the largest difference of
 each option's output from float32's (the network predicts x0 in [-1, 1]).

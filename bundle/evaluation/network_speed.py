@@ -2,9 +2,10 @@
 
 The options: float32 as is, channels-last, bfloat16 autocast, the bfloat16 channels-last copy
 that ``bundle.ensemble.precision`` runs by default on CPUs with AMX / AVX512-BF16, batch sizes,
-1 thread or one per CPU, and where installed ONNX Runtime (float32) and OpenVINO (float32,
-bfloat16) on the traced network, and ``torch.compile`` on request. ``scripts/network_options.py``
-and ``scripts/benchmark.py`` print what :func:`measure` finds.
+1 thread or one per CPU, one call per CPU side by side, and where installed ONNX Runtime
+(float32) and OpenVINO (float32, bfloat16) on the traced network, and ``torch.compile`` on
+request. ``scripts/network_options.py`` and ``scripts/benchmark.py`` print what :func:`measure`
+finds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from bundle.ensemble.precision import NetworkRunner
+from bundle.ensemble.workers import map_calls
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -96,6 +98,17 @@ def _threads(forward: Forward, threads: int) -> Forward:
     return run
 
 
+def _side_by_side(forward: Forward, workers: int) -> Forward:
+    """The batch in ``workers`` parts, run side by side with one intra-op thread each, as the
+    diffusion inferer's ``cpu_workers`` do."""
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        parts = list(zip(x.chunk(workers), t.chunk(workers), strict=True))
+        return torch.cat(map_calls(lambda part: forward(*part), parts, workers))
+
+    return run
+
+
 def options(
     network: nn.Module, example: tuple[torch.Tensor, torch.Tensor], compile: bool
 ) -> list[tuple[str, Forward]]:
@@ -109,6 +122,10 @@ def options(
     ]
     for threads in sorted({1, os.cpu_count() or 1}):
         found.append((f"default, {threads} threads", _threads(default, threads)))
+    if (os.cpu_count() or 1) > 1:
+        workers = os.cpu_count() or 1
+        name = f"default, {workers} calls side by side, 1 thread each"
+        found.append((name, _side_by_side(default, workers)))
     if importlib.util.find_spec("onnxruntime"):
         found.append(("ONNX Runtime float32", _onnxruntime(network, example)))
     if importlib.util.find_spec("openvino"):
