@@ -212,6 +212,10 @@ def markdown(summary: list[dict], sizes: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trained(side: str) -> str:
+    return "trained on" if side == "training" else "never trained on"
+
+
 def plot(summary: list[dict], output: Path, side: str) -> list[Path]:
     """For the cases of one side of the split: Dice and AUROC against steps (5 samples), and
     against ensemble size (each model's DDIM settings), and the Dice-AUROC trade-off of every
@@ -237,7 +241,7 @@ def plot(summary: list[dict], output: Path, side: str) -> list[Path]:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{side} cases: real BraTS 2018, never trained on")
+    fig.suptitle(f"{side} cases: real BraTS 2018, {_trained(side)}")
     fig.tight_layout()
     paths.append(output / f"{side}_steps.png")
     fig.savefig(paths[-1], dpi=90)
@@ -258,7 +262,7 @@ def plot(summary: list[dict], output: Path, side: str) -> list[Path]:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=6)
-    fig.suptitle(f"{side} cases: real BraTS 2018, never trained on")
+    fig.suptitle(f"{side} cases: real BraTS 2018, {_trained(side)}")
     fig.tight_layout()
     paths.append(output / f"{side}_ensemble_size.png")
     fig.savefig(paths[-1], dpi=90)

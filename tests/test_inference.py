@@ -14,6 +14,7 @@ from scipy import ndimage
 from bundle.data.synthetic import make_demo_data
 from bundle.evaluation.metrics import expected_dice_gap, overlap
 from bundle.io.outputs import expected_outputs, output_path
+from bundle.workflow.configs import load_config
 from tests.bundle_cli import assert_ok, infer, tiny_weights
 
 pytestmark = pytest.mark.slow  # every test here runs the bundle end to end
@@ -89,14 +90,15 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     np.testing.assert_array_equal(seg, (mean > 0.5).astype(np.uint8))
     # the summary line scores the written segmentation against the case's label, voxel for
     # voxel in the input's (permuted, oblique) grid, and gives the case's uncertainty score
-    # and flags it for review when the score is above review_threshold (0.3 by default)
+    # and flags it for review when the score is above review_threshold (inference.yaml's)
+    review = load_config("inference.yaml").get("review_threshold")
     found = re.search(
-        r"uncertainty ([\d.]+)( \(above 0.3: flagged for review\))?, "
+        rf"uncertainty ([\d.]+)( \(above {review:g}: flagged for review\))?, "
         r"whole-tumour Dice ([\d.]+) against its label",
         log,
     )
     assert found, log[-2000:]
-    assert (found.group(2) is not None) == (float(found.group(1)) > 0.3)
+    assert (found.group(2) is not None) == (float(found.group(1)) > review)
     label = np.asanyarray(nib.load(str(odd_case / f"{case}_seg.nii.gz")).dataobj)
     assert float(found.group(3)) == pytest.approx(overlap(seg > 0, label > 0)[0], abs=1e-3)
     assert float(found.group(1)) == pytest.approx(expected_dice_gap(votes), abs=1e-3)
