@@ -19,10 +19,11 @@ Result = TypeVar("Result")
 
 
 @contextlib.contextmanager
-def one_intra_op_thread() -> Iterator[None]:
-    """PyTorch's intra-op threads set to 1 for the block (the setting is process-wide)."""
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``threads`` for the block (the setting is
+    process-wide)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -39,5 +40,5 @@ def map_calls(call: Callable[[Item], Result], items: Sequence[Item], workers: in
         with torch.inference_mode():
             return call(item)
 
-    with one_intra_op_thread(), ThreadPoolExecutor(min(workers, len(items))) as pool:
+    with intra_op_threads(1), ThreadPoolExecutor(min(workers, len(items))) as pool:
         return list(pool.map(run, items))

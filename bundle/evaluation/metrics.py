@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
+from bundle.ensemble.inferers import THRESHOLD
+
 
 def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Dice and Jaccard of two binary volumes."""
@@ -32,7 +34,7 @@ def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(2 * intersection / total), float(intersection / (total - intersection))
 
 
-def expected_dice_gap(votes: np.ndarray, threshold: float = 0.5) -> float:
+def expected_dice_gap(votes: np.ndarray, threshold: float = THRESHOLD) -> float:
     """A case's uncertainty: 1 minus the Dice that a sample of the ensemble is expected to have
     against the samples' majority (votes > ``threshold``).
 

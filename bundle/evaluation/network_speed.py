@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bundle.ensemble.precision import NetworkRunner
-from bundle.ensemble.workers import map_calls
+from bundle.ensemble.workers import intra_op_threads, map_calls
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -88,12 +88,8 @@ def _eager(network: nn.Module, channels_last: bool = False, autocast: bool = Fal
 
 def _threads(forward: Forward, threads: int) -> Forward:
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with intra_op_threads(threads):
             return forward(x, t)
-        finally:
-            torch.set_num_threads(before)
 
     return run
 
