@@ -87,7 +87,7 @@ def held_out_slices(
                 "image": image[picks],
                 "label": label[picks].numpy() > 0,
                 "brain": brain[picks].numpy(),
-                "tumour_slices": tumour,
+                "tumour_slices": tumour.tolist(),  # a list: one index still selects a slice axis
             }
         )
     return cases

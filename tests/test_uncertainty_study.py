@@ -44,7 +44,7 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
     command += ["--models", json.dumps({"tiny": str(weights)}), "--split_file", str(split)]
     command += ["--output", str(out), "--overrides", repr(overrides)]
     command += ["--steps", "[1,2]", "--etas", "[1.0]", "--num_samples", "3", "--sizes", "[1,3]"]
-    command += ["--slice_stride", "6", "--ddpm_slices", "0"]
+    command += ["--slice_stride", "6", "--ddpm_slices", "1"]  # one slice: still a slice axis
     result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -55,13 +55,17 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
         ("testing", cases[2]),
     }
     assert {(r["steps"], r["samples"], r["k"]) for r in rows} == {
-        (steps, form, k) for steps in ("1", "2") for form in ("soft", "binary") for k in "123"
+        (steps, form, k)
+        for steps in ("1", "2", "1000")
+        for form in ("soft", "binary")
+        for k in "123"
     }
     binary = [r for r in rows if r["samples"] == "binary" and r["k"] == "1"]
     assert all(float(r["auroc"]) == 0.5 or r["auroc"] == "nan" for r in binary)  # no variance
     report = (out / "study.md").read_text()
     assert "Chosen by the rule on the validation cases: tiny, ddim" in report
     assert report.count("| testing | tiny | ddim |") == 8  # 2 steps x 2 forms x sizes 1, 3
+    assert report.count("| testing | tiny | ddpm |") == 4
     for side in ("validation", "testing"):
         for figure in ("steps", "ensemble_size", "tradeoff"):
             assert (out / f"{side}_{figure}.png").stat().st_size > 1000
