@@ -244,6 +244,9 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     assert float(by_case[second, "all"]["dice"]) == 0.0
     assert float(by_case[second, "3"]["dice"]) == 0.0  # 1 of 3 samples right: mean < 0.5
     assert float(by_case[second, "1"]["dice"]) == 0.0
+    # each sample alone, averaged: two empty samples and one right one, where their vote is empty
+    assert float(by_case[second, "each"]["dice"]) == pytest.approx(1 / 3)
+    assert float(by_case[first, "each"]["dice"]) == 1.0
     # the missed tumour is exactly where the 3 samples disagree
     assert float(by_case[second, "3"]["ueo"]) == 1.0
     assert float(by_case[second, "all"]["var_error_corr"]) == pytest.approx(1.0)

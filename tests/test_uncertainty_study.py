@@ -60,6 +60,9 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
         for form in ("soft", "binary")
         for k in "123"
     }
+    # one sample: its Dice alone is the ensemble's; more: the mean of its samples' Dice
+    assert all(r["single_dice"] == r["dice"] for r in rows if r["k"] == "1")
+    assert all(0 <= float(r["single_dice"]) <= 1 for r in rows)
     binary = [r for r in rows if r["samples"] == "binary" and r["k"] == "1"]
     assert all(float(r["auroc"]) == 0.5 or r["auroc"] == "nan" for r in binary)  # no variance
     report = (out / "study.md").read_text()

@@ -3,8 +3,9 @@
 One implementation behind ``scripts/evaluate.py``, ``configs/evaluate.yaml`` and the figures.
 Per case and region (wt, or wt, tc, et): Dice, HD95 (mm) and Jaccard of the written
 segmentation (the N-sample ensemble, ``ensemble`` "all") and, when the run saved its samples,
-of the ensembles of the first 1..N samples; and the uncertainty quality of each of these
-ensembles' variance and mean maps on the brain's voxels (:mod:`bundle.evaluation.metrics`).
+of the ensembles of the first 1..N samples and of each sample alone (averaged, "each"); and the
+uncertainty quality of each of these ensembles' variance and mean maps on the brain's voxels
+(:mod:`bundle.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -180,20 +181,34 @@ def load_case(
     }
 
 
+EACH = "each"
+"""The ``ensemble`` of the rows that average every saved sample scored alone: the one-sample
+figure an ensemble's gain is measured against (the first sample alone is one draw's luck)."""
+
+
+def _statistics(
+    samples: np.ndarray, volumes: dict, regions: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labelmap, mean, variance and votes of samples (X, Y, Z, k, C), segmented as inference
+    does (mean > 0.5, nested)."""
+    mean, variance, votes = samples.mean(-2), samples.var(-2), (samples > THRESHOLD).mean(-2)
+    masks = torch.from_numpy(np.moveaxis(mean > THRESHOLD, -1, 0))
+    seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
+    return seg, mean, variance, votes
+
+
 def ensembles(
     volumes: dict, regions: str
 ) -> Iterator[tuple[str | int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(ensemble size, labelmap, mean, variance and votes (X, Y, Z, C)) of the written ensemble
-    ("all") and of the first 1..N saved samples, segmented as inference does (mean > 0.5,
-    nested)."""
+    ("all"), of the first 1..N saved samples and of each saved sample alone (:data:`EACH`)."""
     yield "all", volumes["seg"], *(volumes[key] for key in STATISTICS)
     samples = volumes["samples"]
-    for k in range(1, 0 if samples is None else samples.shape[-2] + 1):
-        first = samples[..., :k, :]
-        mean, variance, votes = first.mean(-2), first.var(-2), (first > THRESHOLD).mean(-2)
-        masks = torch.from_numpy(np.moveaxis(mean > THRESHOLD, -1, 0))
-        seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
-        yield k, seg, mean, variance, votes
+    count = 0 if samples is None else samples.shape[-2]
+    for k in range(1, count + 1):
+        yield k, *_statistics(samples[..., :k, :], volumes, regions)
+    for j in range(count):
+        yield EACH, *_statistics(samples[..., j : j + 1, :], volumes, regions)
 
 
 def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> list[dict]:
@@ -211,7 +226,26 @@ def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> l
             row["ece"] = expected_calibration_error(mean[..., c][brain], truth[brain])
             row["case_uncertainty"] = expected_dice_gap(votes[..., c])
             rows.append(row)
-    return rows
+    single = [r for r in rows if r["ensemble"] == EACH]
+    averaged = [
+        _average([r for r in single if r["region"] == region])
+        for region in region_names(regions)
+        if single
+    ]
+    return [r for r in rows if r["ensemble"] != EACH] + averaged
+
+
+def _average(rows: list[dict]) -> dict:
+    """One row of the metrics' means over rows of one case and region (nan where all are nan)."""
+    labels = ("case", "region", "ensemble")
+    out = {key: rows[0][key] for key in labels}
+    for key in rows[0]:
+        if key not in labels:
+            values = np.array([r[key] for r in rows], dtype=float)
+            out[key] = (
+                float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else math.nan
+            )
+    return out
 
 
 def summarise(rows: list[dict], method: str) -> list[dict]:
