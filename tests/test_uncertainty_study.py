@@ -72,3 +72,38 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
     for side in ("validation", "testing"):
         for figure in ("steps", "ensemble_size", "tradeoff"):
             assert (out / f"{side}_{figure}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_mirror_study_compares_plain_mirrored_and_mixed_ensembles(small_datasets, tmp_path):
+    dataset = small_datasets["brats2020"]
+    cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
+    split = tmp_path / "split.json"
+    split.write_text(
+        json.dumps({"training": cases[:1], "validation": cases[1:2], "testing": cases[2:]})
+    )
+    weights = tiny_weights(tmp_path / "model.pt", with_settings=True)
+    overrides = {**TINY_INFERENCE, **{k: eval(v) for k, v in TINY_DIFFUSION_NET.items()}}
+    out = tmp_path / "mirror" / "study.md"
+    command = [sys.executable, "-m", "scripts.mirror_study", "--dataset_dir", str(dataset)]
+    command += ["--ckpt_path", str(weights), "--split_file", str(split), "--output", str(out)]
+    command += ["--overrides", repr(overrides), "--steps", "[1]", "--num_samples", "3"]
+    command += ["--mixed", "2", "--slice_stride", "6"]
+    result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = out.read_text()
+    for side in ("validation", "testing"):
+        for ensemble, size in (("plain", 3), ("mirrored", 3), ("2 plain + 1 mirrored", 3)):
+            assert f"| {side} | 1 | {ensemble} | {size} |" in report
+        assert f"| {side} | 1 | 3 plain + 3 mirrored | 6 |" in report
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["case"] for r in rows} == set(cases[1:])
+    assert all(0 <= float(r["dice"]) <= 1 for r in rows)
+
+    bad = subprocess.run(
+        command[:-4] + ["--mixed", "3"], cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True
+    )
+    assert bad.returncode != 0
+    assert "--mixed must be between 1 and num_samples - 1, got 3" in bad.stderr
+    assert "Traceback" not in bad.stderr

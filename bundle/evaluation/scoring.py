@@ -227,11 +227,11 @@ def evaluate_case(case: dict, predictions: str | Path, regions: str = "wt") -> l
             row["case_uncertainty"] = expected_dice_gap(votes[..., c])
             rows.append(row)
     single = [r for r in rows if r["ensemble"] == EACH]
-    averaged = [
-        _average([r for r in single if r["region"] == region])
-        for region in region_names(regions)
+    averaged = (
+        [_average([r for r in single if r["region"] == region]) for region in region_names(regions)]
         if single
-    ]
+        else []
+    )
     return [r for r in rows if r["ensemble"] != EACH] + averaged
 
 
