@@ -13,7 +13,6 @@ with the study's scorer, per side: the plain ensemble, the mirrored one, and mix
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,14 @@ import numpy as np
 
 from bundle.workflow.configs import BUNDLE_ROOT
 from bundle.workflow.options import OptionError, run_cli
-from scripts.uncertainty_study import draw, held_out_slices, load_model, score, summarise
+from scripts.uncertainty_study import (
+    draw,
+    held_out_slices,
+    load_model,
+    score,
+    summarise,
+    write_csv,
+)
 
 MIRROR_AXIS = -2
 """Left-right in the study's (S, 4, H, W) slices: H is the volume's first axis, the one
@@ -99,10 +105,7 @@ def mirror_study(
         )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     return summary

@@ -160,6 +160,14 @@ def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str
     return {key: row[key] for key in COLUMNS}
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Per-case rows (all with the first row's keys) as CSV."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def choose(
     summary: list[dict], size: int = 5, dice_margin: float = 0.005, min_auroc: float = 0.90
 ) -> dict:
@@ -357,10 +365,7 @@ def study(
                     f"{seconds:.3f} s per slice",
                     flush=True,
                 )
-    with open(out / "study.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "study.csv", rows)
     summary = summarise(rows)
     tuning = "validation" if "validation" in sides else sides[0]
     chosen = choose([s for s in summary if (s["sampler"], s["side"]) == ("ddim", tuning)], shown)

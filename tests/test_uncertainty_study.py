@@ -29,8 +29,9 @@ def test_the_rule_takes_the_fewest_steps_close_to_the_best_dice_with_enough_auro
     assert choose(summary)["steps"] == 2
 
 
-@pytest.mark.slow
-def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, tmp_path):
+def study_inputs(small_datasets, tmp_path) -> tuple:
+    """The small BraTS 2020 dataset, its case names, a split file (1 training, 1 validation case,
+    the rest testing), tiny weights and the overrides that load them."""
     dataset = small_datasets["brats2020"]
     cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
     split = tmp_path / "split.json"
@@ -39,6 +40,12 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
     )
     weights = tiny_weights(tmp_path / "model.pt", with_settings=True)
     overrides = {**TINY_INFERENCE, **{k: eval(v) for k, v in TINY_DIFFUSION_NET.items()}}
+    return dataset, cases, split, weights, overrides
+
+
+@pytest.mark.slow
+def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, tmp_path):
+    dataset, cases, split, weights, overrides = study_inputs(small_datasets, tmp_path)
     out = tmp_path / "study"
     command = [sys.executable, "-m", "scripts.uncertainty_study", "--dataset_dir", str(dataset)]
     command += ["--models", json.dumps({"tiny": str(weights)}), "--split_file", str(split)]
@@ -76,14 +83,7 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
 
 @pytest.mark.slow
 def test_mirror_study_compares_plain_mirrored_and_mixed_ensembles(small_datasets, tmp_path):
-    dataset = small_datasets["brats2020"]
-    cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
-    split = tmp_path / "split.json"
-    split.write_text(
-        json.dumps({"training": cases[:1], "validation": cases[1:2], "testing": cases[2:]})
-    )
-    weights = tiny_weights(tmp_path / "model.pt", with_settings=True)
-    overrides = {**TINY_INFERENCE, **{k: eval(v) for k, v in TINY_DIFFUSION_NET.items()}}
+    dataset, cases, split, weights, overrides = study_inputs(small_datasets, tmp_path)
     out = tmp_path / "mirror" / "study.md"
     command = [sys.executable, "-m", "scripts.mirror_study", "--dataset_dir", str(dataset)]
     command += ["--ckpt_path", str(weights), "--split_file", str(split), "--output", str(out)]

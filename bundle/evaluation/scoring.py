@@ -242,9 +242,7 @@ def _average(rows: list[dict]) -> dict:
     for key in rows[0]:
         if key not in labels:
             values = np.array([r[key] for r in rows], dtype=float)
-            out[key] = (
-                float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else math.nan
-            )
+            out[key] = float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
     return out
 
 
