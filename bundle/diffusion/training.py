@@ -41,6 +41,30 @@ class HybridTarget(NamedTuple):
     timesteps: torch.Tensor
 
 
+LOSS_WEIGHTINGS = ("uniform", "snr_plus_one")
+"""How the MSE of each training sample is weighted over timesteps: ``uniform`` (every timestep
+alike), ``snr_plus_one`` (by 1 + SNR(t) = 1 / (1 - abar_t); on an x0 target that is the loss a
+v-prediction network minimises, Salimans & Ho 2022, so it separates v's weighting from its
+parameterisation)."""
+
+
+class WeightedTarget(NamedTuple):
+    """An MSE target with one loss weight per sample (from its timestep)."""
+
+    target: torch.Tensor
+    weight: torch.Tensor
+
+
+def timestep_weight(scheduler: Scheduler, timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The loss weight of each sample, one of :data:`LOSS_WEIGHTINGS` at its timestep."""
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting {weighting!r} is not one of {LOSS_WEIGHTINGS}")
+    if weighting == "uniform":
+        return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
+    abar = scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
+    return (1.0 / (1.0 - abar)).float()
+
+
 class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
     """MONAI's diffusion batch preparation with the roles of the keys swapped.
 
@@ -48,13 +72,15 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
     the image is the condition that :class:`MaskDiffusionInferer` puts next to the noisy mask.
     The target is what the scheduler's ``prediction_type`` says the network predicts (see
     :func:`bundle.diffusion.process.prediction_target`), and with a learned variance a
-    :class:`HybridTarget` for :class:`HybridLoss`.
+    :class:`HybridTarget` for :class:`HybridLoss` (which weights its MSE term itself); else, with
+    a loss weighting other than uniform, a :class:`WeightedTarget` for :class:`WeightedMSELoss`.
 
     Args:
         num_train_timesteps: timesteps are drawn uniformly from [0, num_train_timesteps).
         mask_key: the batch's binary mask channels, diffused as x0 in {-1, +1}.
         condition_key: the batch's image.
         scheduler: the noise scheduler of training (its prediction and variance types).
+        loss_weighting: one of :data:`LOSS_WEIGHTINGS`.
     """
 
     def __init__(
@@ -63,10 +89,12 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         mask_key: str = "label",
         condition_key: str = "image",
         scheduler: Scheduler | None = None,
+        loss_weighting: str = "uniform",
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_key)
         self.mask_key = mask_key
         self.scheduler = scheduler
+        self.loss_weighting = loss_weighting
 
     def get_target(
         self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -90,6 +118,9 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         if learns_variance(self.scheduler):  # MaskDiffusionInferer noises x0 the same way
             x_t = self.scheduler.add_noise(x0, noise, timesteps)
             target = HybridTarget(target, x0, x_t, timesteps)
+        elif self.loss_weighting != "uniform":
+            weight = timestep_weight(self.scheduler, timesteps, self.loss_weighting)
+            target = WeightedTarget(target, weight)
         return x0, target, (), infer_kwargs
 
 
@@ -119,14 +150,26 @@ class MaskDiffusionInferer(Inferer):
         return network(x=network_input(x_t, condition), timesteps=timesteps)
 
 
-def diffusion_loss(scheduler: Scheduler) -> nn.Module:
+def diffusion_loss(scheduler: Scheduler, loss_weighting: str = "uniform") -> nn.Module:
     """The loss of the network's output: MSE on the prediction, or the :class:`HybridLoss` when
-    the scheduler says the network learns its variance (``learn_sigma`` in the configs)."""
-    return HybridLoss(scheduler) if learns_variance(scheduler) else nn.MSELoss()
+    the scheduler says the network learns its variance (``learn_sigma`` in the configs); either
+    MSE weighted over timesteps by ``loss_weighting`` (:data:`LOSS_WEIGHTINGS`)."""
+    if learns_variance(scheduler):
+        return HybridLoss(scheduler, loss_weighting=loss_weighting)
+    return nn.MSELoss() if loss_weighting == "uniform" else WeightedMSELoss()
+
+
+class WeightedMSELoss(nn.Module):
+    """The mean over samples of each sample's MSE times its :class:`WeightedTarget` weight."""
+
+    def forward(self, output: torch.Tensor, target: WeightedTarget) -> torch.Tensor:
+        per_sample = (output - target.target).pow(2).flatten(1).mean(1)
+        return (target.weight.to(per_sample.dtype) * per_sample).mean()
 
 
 class HybridLoss(nn.Module):
-    """MSE on the prediction + ``vlb_weight`` x the variational bound term for the variance.
+    """MSE on the prediction (weighted over timesteps by ``loss_weighting``) + ``vlb_weight`` x
+    the variational bound term for the variance.
 
     The network output holds C prediction channels, then C channels v in [-1, 1] that set the
     log variance of p(x_{t-1} | x_t) between log beta_tilde_t (v = -1) and log beta_t (v = +1).
@@ -137,14 +180,18 @@ class HybridLoss(nn.Module):
     ``rescale_learned_sigmas=False``).
     """
 
-    def __init__(self, scheduler: Scheduler, vlb_weight: float = 1.0) -> None:
+    def __init__(
+        self, scheduler: Scheduler, vlb_weight: float = 1.0, loss_weighting: str = "uniform"
+    ) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.vlb_weight = vlb_weight
+        self.loss_weighting = loss_weighting
 
     def forward(self, output: torch.Tensor, target: HybridTarget) -> torch.Tensor:
         prediction, v = output.chunk(2, dim=1)
         mse = (prediction - target.target).pow(2).flatten(1).mean(1)
+        mse = mse * timestep_weight(self.scheduler, target.timesteps, self.loss_weighting)
         x0_hat = predicted_x0(self.scheduler, prediction.detach(), target.x_t, target.timesteps)
         return mse + self.vlb_weight * self.bound(x0_hat, v, target)
 

@@ -32,6 +32,7 @@ from bundle.data.layouts import SPLITS, DatasetError
 from bundle.data.regions import region_names
 from bundle.diffusion.process import PREDICTION_TYPES
 from bundle.diffusion.samplers import SAMPLERS
+from bundle.diffusion.training import LOSS_WEIGHTINGS
 
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}
@@ -173,6 +174,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "sampler": choice(SAMPLERS),
     "val_sampler": choice(SAMPLERS),
     "prediction_type": choice(PREDICTION_TYPES),
+    "loss_weighting": choice(LOSS_WEIGHTINGS),
     "regions": regions,
     "device": device,
 }
