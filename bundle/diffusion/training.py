@@ -22,12 +22,14 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from bundle.diffusion.process import (
+    PREDICTION_TYPES,
     learns_variance,
     mask_to_x0,
     network_input,
     posterior,
     predicted_x0,
     prediction_target,
+    prediction_type,
 )
 
 
@@ -41,11 +43,13 @@ class HybridTarget(NamedTuple):
     timesteps: torch.Tensor
 
 
-LOSS_WEIGHTINGS = ("uniform", "snr_plus_one")
-"""How the MSE of each training sample is weighted over timesteps: ``uniform`` (every timestep
-alike), ``snr_plus_one`` (by 1 + SNR(t) = 1 / (1 - abar_t); on an x0 target that is the loss a
-v-prediction network minimises, Salimans & Ho 2022, so it separates v's weighting from its
-parameterisation)."""
+LOSS_WEIGHTINGS = ("uniform", *PREDICTION_TYPES)
+"""How the MSE of each training sample is weighted over timesteps: ``uniform`` (the MSE on what
+the network predicts, every timestep alike), or a prediction type: the loss that a network
+predicting that would have, from the same output (the MSE of the output's implied epsilon, x0 or
+v). For an x0 network ``v_prediction`` weights by 1 + SNR(t), the "SNR+1" weighting of Salimans &
+Ho (2022): it separates what a prediction type's weighting does from what its parameterisation
+does."""
 
 
 class WeightedTarget(NamedTuple):
@@ -55,14 +59,21 @@ class WeightedTarget(NamedTuple):
     weight: torch.Tensor
 
 
+def _loss_scale(kind: str, abar: torch.Tensor) -> torch.Tensor:
+    """A prediction type's squared error per unit of x0's, times 1 - abar (x_t fixed): epsilon
+    abar, x0 1 - abar, v 1."""
+    return {"epsilon": abar, "sample": 1.0 - abar, "v_prediction": torch.ones_like(abar)}[kind]
+
+
 def timestep_weight(scheduler: Scheduler, timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
-    """The loss weight of each sample, one of :data:`LOSS_WEIGHTINGS` at its timestep."""
+    """The loss weight of each sample at its timestep, by one of :data:`LOSS_WEIGHTINGS`."""
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting {weighting!r} is not one of {LOSS_WEIGHTINGS}")
     if weighting == "uniform":
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
     abar = scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
-    return (1.0 / (1.0 - abar)).float()
+    own = _loss_scale(prediction_type(scheduler), abar)
+    return (_loss_scale(weighting, abar) / own).float()
 
 
 class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
