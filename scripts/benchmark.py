@@ -6,10 +6,11 @@
     steps, batch 1, one sample of one whole slice at a time, float32, no slice skipping or
     cropping. It is timed on ``reference_slices`` tumour slices and extrapolated linearly to
     every axial slice of the volume and every ensemble member (the output says so).
-(b) Our inference as ``configs/inference.yaml`` ships it (brain slices only, brain bounding box,
-    samples x slices batched, the configured sampler and steps, bfloat16 where the CPU computes
+(b) Our inference as ``configs/inference.yaml`` ships it (brain slices only, each in its brain
+    box, samples x slices batched, the configured sampler and steps, bfloat16 where the CPU computes
     it), whole volume, ``num_samples`` samples, from loading the files to the maps in the
-    input's grid; and the same with one network call at a time, and in float32 (``VARIANTS``).
+    input's grid; and the same with one network call at a time, with one box over all slices,
+    and in float32 (``VARIANTS``).
     All are timed in ``repeats`` rounds (medians), each round followed by its share of (a)'s
     slices, so that a shared machine's load falls on all alike.
 (c) With ``network_options``: one network forward pass under every way of running it on the
@@ -54,11 +55,13 @@ BASELINE = "float32 (amp false)"
 VARIANTS = {
     "default": {},
     "one network call at a time (cpu_workers 1)": {"cpu_workers": 1},
+    "one box over all slices (slice_box_multiple 0)": {"slice_box_multiple": 0},
     BASELINE: {"amp": False},
 }
 """inference.yaml overrides of (b) and its variants; BASELINE is the default before bfloat16 on
 the CPU, and the others' masks and variance are compared with its; ``cpu_workers`` 1 is the
-default before network calls ran side by side."""
+default before network calls ran side by side, ``slice_box_multiple`` 0 before each slice was
+sampled in its own box."""
 
 
 def _peak_rss_mb() -> float:
@@ -267,9 +270,9 @@ def render(r: dict) -> str:
         "(a) the reference code's procedure: ancestral DDPM, 1000 steps, batch 1, one sample of "
         "one whole slice at a time, float32, timed on tumour slices and extrapolated to every "
         "slice and sample. (b) `configs/inference.yaml` as shipped, whole volume, from the files "
-        "to the maps in the input's grid, and its variants (one network call at a time; "
-        "float32), in interleaved rounds with (a). (c) one network forward pass per way of "
-        "running it on the CPU.",
+        "to the maps in the input's grid, and its variants (one network call at a time; one box "
+        "over all slices; float32), in interleaved rounds with (a). (c) one network forward "
+        "pass per way of running it on the CPU.",
     ]
     if r.get("note"):
         head += ["", f"**{r['note']}**"]

@@ -10,7 +10,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from bundle.diffusion.samplers import make_sampler
-from bundle.ensemble.inferers import ImplicitEnsembleInferer, brain_box
+from bundle.ensemble.inferers import ImplicitEnsembleInferer, box_calls, brain_box
 
 NUM_STEPS = 3
 
@@ -226,6 +226,48 @@ def test_only_the_brain_box_is_sampled() -> None:
     outside[8:14, 10:20] = False
     assert out[..., outside, :].abs().max() == 0
     assert out[:, 0][..., ~outside, :].abs().max() > 0
+
+
+def two_brains() -> torch.Tensor:
+    """A volume of 3 axial slices: a small brain, none, a larger one."""
+    image = torch.zeros(1, 4, 32, 32, 3)
+    image[..., 10:14, 12:15, 0] = images(4, 4, 3) + 2.0
+    image[..., 4:20, 6:26, 2] = images(4, 16, 20, seed=1) + 2.0
+    return image
+
+
+def test_each_slice_is_sampled_in_its_own_box() -> None:
+    """Every network call holds slices of one box size, each slice's own brain box (grown to
+    ``slice_box_multiple``); the result does not depend on how the rows are chunked; 0 gives
+    one box over all slices."""
+    image, network = two_brains(), tiny_unet()
+    own = Recorder(network)
+    out = make_inferer(spatial_multiple=4, slice_box_multiple=4, cpu_batch_size=2)(image, own)
+    assert {tuple(x.shape[-2:]) for x in own.images[1:]} == {(4, 4), (16, 20)}
+    assert sorted(own.batch_sizes[1:5]) == [1, 1, 2, 2]  # 3 rows of each size, 2 a call
+    brain = (image.abs() > 0).any(1)
+    assert out[:, :, ~brain[0]].abs().max() == 0
+    assert out[:, 0][brain].abs().max() > 0
+    together = make_inferer(spatial_multiple=4, slice_box_multiple=4, cpu_batch_size=64)
+    torch.testing.assert_close(together(image, network), out, atol=1e-5, rtol=0)
+    one_box = Recorder(network)
+    make_inferer(spatial_multiple=4, slice_box_multiple=0)(image, one_box)
+    assert {tuple(x.shape[-2:]) for x in one_box.images} == {(16, 20)}
+
+
+def test_box_calls_cover_every_row_once() -> None:
+    brain = (two_brains()[0].abs() > 0).any(0, keepdim=True).movedim(-1, 0)[[0, 2]]
+    calls = box_calls(brain, num_samples=3, chunk=2, multiple=8)
+    rows = torch.cat([call.rows for call in calls])
+    assert sorted(rows.tolist()) == list(range(6))
+    for call in calls:  # each box covers its slice's brain and is a multiple of 8 (or the image)
+        box = torch.zeros_like(brain[call.rows % 2])
+        box[torch.arange(len(call.rows))[:, None, None], 0, call.ys, call.xs] = True
+        assert (box >= brain[call.rows % 2]).all()
+        assert call.ys.shape[1] % 8 == 0 and call.xs.shape[2] % 8 == 0
+    whole = box_calls(torch.ones_like(brain), num_samples=3, chunk=4, multiple=8)
+    assert [call.rows.tolist() for call in whole] == [[0, 1, 2, 3], [4, 5]]
+    assert {(call.ys.shape[1], call.xs.shape[2]) for call in whole} == {(32, 32)}
 
 
 def test_cpu_workers_give_the_same_ensemble_and_share_the_memory_budget() -> None:
