@@ -1,7 +1,7 @@
 """Evaluate folders of inference outputs against the ground truth, as the paper's table.
 
     python -m scripts.evaluate --predictions outputs/diffusion --dataset_dir data/demo \
-        --split testing --output eval/diffusion --method "diffusion (DDIM 3)" [--regions wt_tc_et]
+        --split testing --output eval/diffusion --method "diffusion (DDIM 5)" [--regions wt_tc_et]
 
 Several runs in one table: ``--predictions "['outputs/a','outputs/b']" --method "['A','B']"``.
 Per case, region (``--regions wt``: whole tumour; ``wt_tc_et``: whole tumour, core, enhancing)

@@ -23,7 +23,7 @@ infer "$UNET" mcdropout --mc_dropout true --save_samples true
 python -m scripts.evaluate --dataset_dir "$DATA" --split testing --split_file "$SPLIT" \
   --output "$EVAL" \
   --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
-  --method "['diffusion (x0, DDIM 3)','U-Net (deterministic)','U-Net + MC dropout']"
+  --method "['diffusion (v, x0 loss, DDIM 5)','U-Net (deterministic)','U-Net + MC dropout']"
 HELD_OUT="4 held-out real cases"
 python -m scripts.figures ensemble --cases_csv "$EVAL/cases.csv" --output docs/dice_vs_ensemble.png \
   --data "$HELD_OUT"

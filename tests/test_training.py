@@ -61,7 +61,8 @@ def test_training_learns_checkpoints_and_resumes(small_datasets, tmp_path):
     }  # fmt: skip
     # the best validation score is training state, as the settings of the weights are
     assert state["best_model"]["best"] is not None
-    assert state["settings"]["scheduler"]["prediction_type"] == "sample"
+    default = load_config("train.yaml").get("prediction_type")
+    assert state["settings"]["scheduler"]["prediction_type"] == default
     assert torch.load(ckpt / "model.pt", weights_only=True)["settings"] == state["settings"]
     iterations = state["trainer"]["iteration"]
     per_epoch = state["trainer"]["epoch_length"]

@@ -117,10 +117,11 @@ def test_resuming_training_with_other_settings_stops_with_one_line(small_dataset
 
     changed = {**overrides, "epochs": 2, "prediction_type": "epsilon"}
     result = bundle_run("training", ["train.yaml"], changed)
+    trained = load_config("train.yaml").get("prediction_type")
     assert_one_line_error(
         result,
         f"checkpoint {ckpt / 'last.pt'} was trained with other settings than the config's: ",
-        'scheduler.prediction_type "sample" in the file, "epsilon" in the config',
+        f'scheduler.prediction_type "{trained}" in the file, "epsilon" in the config',
     )
     assert "resumed from" not in result.stdout + result.stderr
     resumed = torch.load(ckpt / "last.pt", weights_only=False)
