@@ -257,16 +257,16 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         )
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            def call(rows: BoxCall) -> torch.Tensor:
+            def call(box: BoxCall) -> torch.Tensor:
                 # the state is sample-major: row r belongs to kept slice r % kept
-                x = network_input(rows.crop(x_t, rows.rows), rows.crop(image, rows.rows % kept))
-                return forward(x, t[rows.rows])
+                x = network_input(box.crop(x_t, box.rows), box.crop(image, box.rows % kept))
+                return forward(x, t[box.rows])
 
             outputs = map_calls(call, calls, workers)
             # pixels outside every box are outside their slice's brain: their output, 0, is masked
             output = x_t.new_zeros(x_t.shape[0], outputs[0].shape[1], height, width)
-            for rows, out in zip(calls, outputs, strict=True):
-                rows.paste(output, out)
+            for box, out in zip(calls, outputs, strict=True):
+                box.paste(output, out)
             return output
 
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
@@ -305,9 +305,10 @@ def box_calls(brain: torch.Tensor, num_samples: int, chunk: int, multiple: int) 
     starts = torch.zeros(slices, 2, dtype=torch.long)
     by_size: dict[tuple[int, int], list[int]] = {}
     for index in range(slices):
-        rows, cols = brain_box(brain[index : index + 1], multiple)
-        starts[index] = torch.tensor([rows.start, cols.start])
-        by_size.setdefault((rows.stop - rows.start, cols.stop - cols.start), []).append(index)
+        box_rows, box_cols = brain_box(brain[index : index + 1], multiple)
+        starts[index] = torch.tensor([box_rows.start, box_cols.start])
+        size = (box_rows.stop - box_rows.start, box_cols.stop - box_cols.start)
+        by_size.setdefault(size, []).append(index)
     calls = []
     for (height, width), members in sorted(by_size.items()):
         member = torch.tensor(members)
