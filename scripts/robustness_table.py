@@ -350,11 +350,13 @@ BAD_OPTIONS: tuple[tuple[str, dict[str, object]], ...] = (
 """Overrides of ``monai.bundle run inference`` that stop it, with one line, before any work."""
 
 
-def _inference(root: Path, **overrides: object) -> None:
-    """``monai.bundle run inference`` in this process (it stops in ``initialize`` here)."""
+def _inference(root: Path, overlay: Path | None = None, **overrides: object) -> None:
+    """``monai.bundle run inference`` in this process (it stops in ``initialize`` here), with
+    an ``overlay`` config file after inference.yaml."""
+    configs = [str(REPO_ROOT / "configs" / "inference.yaml"), *([str(overlay)] if overlay else [])]
     monai.bundle.run(
         "inference",
-        config_file=str(REPO_ROOT / "configs" / "inference.yaml"),
+        config_file=configs,
         bundle_root=str(REPO_ROOT),
         logging_file=False,
         **{"output_dir": str(root / "out"), **overrides},
@@ -385,6 +387,10 @@ def option_messages(root: Path) -> list[tuple[str, str, str]]:
         (what, "monai.bundle run", _message(lambda typed=typed: _inference(root, **typed)))
         for what, typed in BAD_OPTIONS
     ]
+    overlay = root / "overlay.yaml"
+    overlay.write_text("sampler: bogus\n")
+    rows.append(("a bad value in a config file (`sampler: bogus` in an overlay)",
+                 "monai.bundle run", _message(lambda: _inference(root, overlay))))  # fmt: skip
     a_file = root / "a_file"
     a_file.write_text("not a folder")
     rows.append(("`--output_dir` naming a file", "monai.bundle run",

@@ -17,6 +17,7 @@ from bundle.data.validation import validate_case
 from bundle.workflow.configs import load_config
 from bundle.workflow.options import OptionError, flag
 from tests.bundle_cli import (
+    assert_ok,
     assert_one_line_error,
     bundle_run,
     infer,
@@ -120,6 +121,31 @@ def test_bad_inference_options_are_one_line_naming_the_option(
     result = bundle_run("inference", ["inference.yaml"], {**overrides, **typed})
     assert_one_line_error(result, *message)
     assert not list((tmp_path / "out").glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("sampler: bogus", "sampler must be one of "),
+        ("memory_budget_mb: -1", "memory_budget_mb must be a number >= 1e-06, got -1"),
+        ("amp: maybe", "amp must be true or false"),
+    ],
+)
+def test_bad_values_in_a_config_file_are_one_line_naming_the_file(
+    small_datasets, tmp_path, written, message
+):
+    """A user's overlay config is checked as the command line is, before any work; the typed
+    value of a key wins over the file's and is what is checked."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(written + "\n")
+    weights = tiny_weights(tmp_path / "model.pt")
+    overrides = inference_overrides(small_datasets["brats2020"], tmp_path / "out", weights)
+    result = bundle_run("inference", ["inference.yaml", str(overlay)], overrides)
+    assert_one_line_error(result, f"config file {overlay}: {message}")
+    assert not list((tmp_path / "out").glob("*"))
+    key = written.split(":")[0]
+    typed = {**overrides, key: load_config("inference.yaml").get(key)}
+    assert_ok(bundle_run("inference", ["inference.yaml", str(overlay)], typed))
 
 
 def test_an_output_path_that_is_a_file_is_one_line(small_datasets, tmp_path):

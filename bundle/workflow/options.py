@@ -6,7 +6,8 @@ Two kinds of command lines reach the bundle: ``python -m monai.bundle run ...``,
 option typed before any work: an unknown name is an error naming the nearest valid one (a
 misspelled option would otherwise be ignored, or added to the config as a key nothing reads),
 and a value the bundle cannot use (``--num_samples abc``, ``--device cuda`` without a GPU) is an
-error naming the option.
+error naming the option. The values written in the config files of a ``monai.bundle run``
+(a user's overlay) are checked the same way, the error naming the file.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from monai.bundle import ConfigComponent, ConfigParser, ConfigWorkflow
 from monai.bundle.scripts import create_workflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+from monai.utils import ensure_tuple
 
 from bundle.data.layouts import SPLITS, DatasetError
 from bundle.data.regions import region_names
@@ -178,8 +180,8 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "regions": regions,
     "device": device,
 }
-"""What a value typed for an option must be, by option name; the command line's values are
-checked before any work (the configs' own values are the bundle's, and right)."""
+"""What a value of an option must be, by option name; the command line's values and those
+written in the config files are checked before any work."""
 
 
 def check_value(name: str, value: Any) -> Any:
@@ -265,8 +267,9 @@ def _keys_near(parser: Any, key: str) -> list[str]:
 
 
 def check_command_line() -> None:
-    """Refuse overrides that name no config key, and bad values of known options, with one
-    line (:class:`OptionError`); the configs call it first thing in ``initialize``."""
+    """Refuse overrides that name no config key, and bad values of known options, typed or
+    written in a config file (a user's overlay), with one line (:class:`OptionError`); the
+    configs call it first thing in ``initialize``."""
     call = _workflow_call()
     if call is None:
         return
@@ -280,6 +283,26 @@ def check_command_line() -> None:
         if not _config_has(parser, key):
             raise unknown_option(key, _keys_near(parser, key), "no such key in the config")
         check_value(key, value)
+    for path in ensure_tuple(config_file):
+        for key, value in ConfigParser.load_config_file(path).items():
+            if key not in arguments and not _is_expression(value):
+                _check_file_value(path, key, value)
+
+
+def _is_expression(value: Any) -> bool:
+    """A config value that MONAI evaluates or looks up (``$...``, ``@...``, ``%...``), which
+    has no value to check before the config is parsed."""
+    return isinstance(value, str) and value.startswith(("$", "@", "%"))
+
+
+def _check_file_value(path: str, key: str, value: Any) -> None:
+    """:func:`check_value` for a value written in config file ``path``, the error naming the
+    file and the key."""
+    try:
+        check_value(key, value)
+    except OptionError as err:
+        message = str(err).removeprefix("--")
+        raise OptionError(f"config file {path}: {message}") from err
 
 
 def make_folder(path: str | Path, name: str) -> Path:
