@@ -108,6 +108,8 @@ BAD_INFERENCE_OPTIONS = [
     ({"split": "bogus"}, "--split must be one of all, training, validation, testing"),
     ({"regions": "bogus"}, "--regions: unknown regions 'bogus'"),
     ({"learn_sigma": "maybe"}, "--learn_sigma must be true or false"),
+    ({"slice_box_multiple": -8}, "--slice_box_multiple must be a whole number >= 0, got -8"),
+    ({"review_threshold": "high"}, "--review_threshold must be a number >= 0.0, got 'high'"),
 ]
 """Typed overrides of `run inference` and what their one error line says."""
 
