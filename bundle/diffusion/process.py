@@ -78,12 +78,18 @@ def prediction_target(
     return noise
 
 
+def alpha_bar(scheduler: Scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """abar_t of each timestep, in float64 on the timesteps' device (what every coefficient of
+    the forward process is computed from)."""
+    return scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
+
+
 def predicted_x0(
     scheduler: Scheduler, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
     """The x0 that a network's prediction implies (the inverse of :func:`prediction_target`);
     coefficients in float64, then in the state's dtype."""
-    abar = _per_sample(scheduler.alphas_cumprod.to(x_t.device, torch.float64)[timesteps], x_t)
+    abar = _per_sample(alpha_bar(scheduler, timesteps.to(x_t.device)), x_t)
     signal, noise = abar.sqrt().to(x_t.dtype), (1.0 - abar).sqrt().to(x_t.dtype)
     kind = prediction_type(scheduler)
     if kind == "sample":

@@ -23,6 +23,7 @@ from torch import nn
 
 from bundle.diffusion.process import (
     PREDICTION_TYPES,
+    alpha_bar,
     learns_variance,
     mask_to_x0,
     network_input,
@@ -71,7 +72,7 @@ def timestep_weight(scheduler: Scheduler, timesteps: torch.Tensor, weighting: st
         raise ValueError(f"loss_weighting {weighting!r} is not one of {LOSS_WEIGHTINGS}")
     if weighting == "uniform":
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
-    abar = scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
+    abar = alpha_bar(scheduler, timesteps)
     own = _loss_scale(prediction_type(scheduler), abar)
     return (_loss_scale(weighting, abar) / own).float()
 
