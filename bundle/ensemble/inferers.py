@@ -86,7 +86,7 @@ class SliceEnsembleInferer(Inferer):
         out_channels = self.mask_channels * maps
         # a normal (not inference-mode) tensor, so that in-place post-processing stays allowed
         result = slices.new_zeros(slices.shape[0], out_channels, *slices.shape[2:])
-        brain = (slices.abs() > self.brain_threshold).any(1, keepdim=True)
+        brain = self._brain(slices)
         keep = brain.flatten(1).any(1)
         if keep.any():
             # only the brain's in-plane bounding box is sampled: pixels outside it are air
@@ -105,6 +105,11 @@ class SliceEnsembleInferer(Inferer):
         if isinstance(inputs, MetaTensor):
             result = MetaTensor(result).copy_meta_from(inputs)
         return result
+
+    def _brain(self, slices: torch.Tensor) -> torch.Tensor:
+        """The (S, 1, H, W) brain mask of (S, C, H, W) slices: where any channel's
+        ``|value| > brain_threshold``."""
+        return (slices.abs() > self.brain_threshold).any(1, keepdim=True)
 
     def _samples(
         self,
@@ -248,7 +253,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         workers = self.cpu_workers if slices.device.type == "cpu" else 1
         example = network_input(noise[:1], image[:1])
         chunk = self._chunk(runner.network, forward, example, workers)
-        brain = (image.abs() > self.brain_threshold).any(1, keepdim=True)
+        brain = self._brain(image)
         calls = box_calls(
             brain if self.slice_box_multiple else torch.ones_like(brain),
             self.num_samples,
