@@ -52,6 +52,7 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
     command += ["--output", str(out), "--overrides", repr(overrides)]
     command += ["--steps", "[1,2]", "--etas", "[1.0]", "--num_samples", "3", "--sizes", "[1,3]"]
     command += ["--slice_stride", "6", "--ddpm_slices", "1"]  # one slice: still a slice axis
+    command += ["--draws", "2", "--seed", "3"]
     result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -68,12 +69,19 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
         for k in "123"
     }
     # one sample: its Dice alone is the ensemble's; more: the mean of its samples' Dice
+    # two draws of every setting, seeded apart
+    assert {(r["case"], r["seed"]) for r in rows} == {(c, s) for c in cases[1:3] for s in "34"}
+    first, second = ([r for r in rows if r["seed"] == s and r["k"] == "3"] for s in "34")
+    assert [r["ece"] for r in first] != [r["ece"] for r in second]
     assert all(r["single_dice"] == r["dice"] for r in rows if r["k"] == "1")
     assert all(0 <= float(r["single_dice"]) <= 1 for r in rows)
     binary = [r for r in rows if r["samples"] == "binary" and r["k"] == "1"]
     assert all(float(r["auroc"]) == 0.5 or r["auroc"] == "nan" for r in binary)  # no variance
     report = (out / "study.md").read_text()
-    assert "Chosen by the rule on the validation cases: tiny, ddim" in report
+    assert (
+        "Chosen by the rule on the validation cases (2 draws of the samples averaged): tiny, ddim"
+        in report
+    )
     assert report.count("| testing | tiny | ddim |") == 8  # 2 steps x 2 forms x sizes 1, 3
     assert report.count("| testing | tiny | ddpm |") == 4
     for side in ("validation", "testing"):
