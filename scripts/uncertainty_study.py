@@ -170,18 +170,26 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def choose(
-    summary: list[dict], size: int = 5, dice_margin: float = 0.005, min_auroc: float = 0.90
+    summary: list[dict],
+    size: int = 5,
+    dice_margin: float = 0.005,
+    min_auroc: float = 0.90,
+    auroc_tie: float = 0.015,
 ) -> dict:
     """The default by a stated rule: among ``size``-sample ensembles, the fewest network
     evaluations (steps) whose Dice is within ``dice_margin`` of the best and whose AUROC is at
-    least ``min_auroc``; if none reaches that AUROC, the highest AUROC within the Dice margin."""
+    least ``min_auroc``. If none reaches that AUROC, the settings within the Dice margin whose
+    AUROC is within ``auroc_tie`` of the highest (what one draw of the samples moves it by) are
+    tied, and the tie goes to the largest ensemble gain over one sample, then to fewer steps."""
     five = [s for s in summary if s["k"] == size]
     best = max(s["dice"] for s in five)
     close = [s for s in five if s["dice"] >= best - dice_margin]
     good = [s for s in close if s["auroc"] >= min_auroc]
     if good:
         return min(good, key=lambda s: (s["steps"], -s["auroc"]))
-    return max(close, key=lambda s: s["auroc"])
+    top = max(s["auroc"] for s in close)
+    tied = [s for s in close if s["auroc"] >= top - auroc_tie]
+    return max(tied, key=lambda s: (s["dice"] - s["single_dice"], -s["steps"]))
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -15,8 +15,8 @@ from tests.bundle_cli import BUNDLE_ENV, TINY_DIFFUSION_NET, TINY_INFERENCE, tin
 from tests.conftest import REPO
 
 
-def entry(steps: int, dice: float, auroc: float) -> dict:
-    return {"k": 5, "steps": steps, "dice": dice, "auroc": auroc}
+def entry(steps: int, dice: float, auroc: float, gain: float = 0.0) -> dict:
+    return {"k": 5, "steps": steps, "dice": dice, "single_dice": dice - gain, "auroc": auroc}
 
 
 def test_the_rule_takes_the_fewest_steps_close_to_the_best_dice_with_enough_auroc():
@@ -27,6 +27,21 @@ def test_the_rule_takes_the_fewest_steps_close_to_the_best_dice_with_enough_auro
     assert choose(summary)["steps"] == 10
     summary[3]["auroc"] = 0.70  # none reaches 0.90: the highest AUROC within the Dice margin
     assert choose(summary)["steps"] == 2
+
+
+def test_without_enough_auroc_the_rule_breaks_auroc_ties_by_the_ensemble_gain():
+    # the three-draw study of the shipped weights (docs/uncertainty.md): AUROCs within a draw's
+    # noise are tied, and the larger gain over one sample wins, then fewer steps
+    summary = [entry(3, 0.765, 0.892, 0.006), entry(4, 0.769, 0.888, 0.030)]
+    summary.append(entry(5, 0.767, 0.888, 0.034))
+    assert choose(summary)["steps"] == 5
+    assert choose(summary, auroc_tie=0.0)["steps"] == 3  # no ties: the highest AUROC
+    summary[2]["single_dice"] = 0.739
+    assert choose(summary)["steps"] == 4  # now 4 gains more (+0.030 against +0.028)
+    summary.append(entry(2, 0.768, 0.870, 0.040))  # more gain, but its AUROC is not tied
+    assert choose(summary)["steps"] == 4
+    same = [entry(7, 0.767, 0.888, 0.03), entry(6, 0.767, 0.888, 0.03)]
+    assert choose(same)["steps"] == 6  # the same in everything: fewer steps
 
 
 def study_inputs(small_datasets, tmp_path) -> tuple:
