@@ -46,7 +46,7 @@ from bundle.evaluation.metrics import (  # noqa: E402
 )
 from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
-from bundle.workflow.options import run_cli  # noqa: E402
+from bundle.workflow.options import OptionError, run_cli  # noqa: E402
 
 ENSEMBLE = 5
 """The ensemble size the defaults are chosen for (the shipped inference's)."""
@@ -340,7 +340,7 @@ def study(
     ``draws`` independent draws of the samples (seeds ``seed``, ``seed + 1``, ...) are scored
     each and averaged: one draw's AUROC moves by about 0.015 (docs/uncertainty.md)."""
     if draws < 1:
-        raise ValueError(f"--draws must be >= 1, got {draws}")
+        raise OptionError(f"--draws must be >= 1, got {draws}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     cases = held_out_slices(dataset_dir, split_file, sides, slice_stride, overrides)

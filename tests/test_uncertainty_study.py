@@ -130,3 +130,13 @@ def test_mirror_study_compares_plain_mirrored_and_mixed_ensembles(small_datasets
     assert bad.returncode != 0
     assert "--mixed must be between 1 and num_samples - 1, got 3" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_draws_below_one_is_one_clear_error(tmp_path):
+    command = [sys.executable, "-m", "scripts.uncertainty_study", "--dataset_dir", str(tmp_path)]
+    command += ["--models", "{}", "--draws", "0", "--output", str(tmp_path / "study")]
+    result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "--draws must be >= 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "study").exists()
