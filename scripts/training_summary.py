@@ -4,7 +4,8 @@
         --runs "{'diffusion': 'runs', 'U-Net': 'runs/baseline_unet'}"
 
 Per run: iterations, wall time, first/last training loss (mean of 50 iterations), and every
-validation (epoch, Dice of the validation ensemble, variance ratio wrong/right voxels).
+validation (epoch, Dice of the validation ensemble and of its samples each alone, variance ratio
+wrong/right voxels).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def summarise(name: str, log_dir: str | Path) -> str:
     loss = scalars(log_dir, "train_loss")
     dice = scalars(log_dir, "val_mean_dice")
     ratio = {e.step: e.value for e in scalars(log_dir, "val_variance_error_ratio")}
+    single = {e.step: e.value for e in scalars(log_dir, "val_sample_dice")}
     if not loss:
         return f"### {name}\n\nno training loss logged in {log_dir}\n"
     window = min(50, len(loss))
@@ -39,12 +41,15 @@ def summarise(name: str, log_dir: str | Path) -> str:
         f"{len(loss)} iterations in {minutes:.1f} min; training loss {first:.4f} (first "
         f"{window}) -> {last:.4f} (last {window}).",
         "",
-        "| epoch | validation Dice | variance ratio (wrong / right voxels) |",
-        "|---|---|---|",
+        "| epoch | validation Dice | one sample's Dice | variance ratio (wrong / right voxels) |",
+        "|---|---|---|---|",
     ]
     for e in dice:
-        r = ratio.get(e.step, float("nan"))
-        lines.append(f"| {e.step} | {e.value:.4f} | {'-' if math.isnan(r) else f'{r:.1f}'} |")
+        r, one = ratio.get(e.step, math.nan), single.get(e.step, math.nan)
+        lines.append(
+            f"| {e.step} | {e.value:.4f} | {'-' if math.isnan(one) else f'{one:.4f}'} "
+            f"| {'-' if math.isnan(r) else f'{r:.1f}'} |"
+        )
     best = max(dice, key=lambda e: e.value) if dice else None
     if best:
         lines += ["", f"Best validation Dice {best.value:.4f} at epoch {best.step}."]

@@ -27,7 +27,7 @@ from bundle.evaluation.metrics import (
     variance_on_errors,
 )
 from bundle.evaluation.scoring import evaluate
-from bundle.evaluation.validation_metrics import VarianceErrorRatio
+from bundle.evaluation.validation_metrics import VarianceErrorRatio, each_sample
 from tests.bundle_cli import assert_ok, bundle_run, run_script
 from tests.predictions import write_predictions
 
@@ -99,6 +99,24 @@ def test_validation_metric_pools_variance_over_images():
     metric.update((variance, seg, label))
     # wrong: 0.2 and 0.1 (mean 0.15); right: four voxels of 0.01
     assert metric.compute() == pytest.approx(15.0)
+
+
+def test_validation_sample_dice_scores_each_sample_alone():
+    from ignite.engine import Engine
+    from monai.handlers import MeanDice
+
+    label = torch.zeros(1, 4, 4)
+    label[0, :2, :2] = 1  # 4 tumour pixels
+    right, half, miss = (torch.zeros(1, 4, 4) for _ in range(3))
+    right[0, :2, :2] = 0.9
+    half[0, :2, 0] = 0.8  # 2 of the 4: Dice 2 * 2 / (2 + 4)
+    miss[0, 3, 3] = 0.7  # outside: Dice 0
+    items = [{"samples": torch.cat([right, half, miss]), "label": label}]
+    items.append({"samples": torch.cat([right, right, right]), "label": label})
+    engine = Engine(lambda engine, batch: batch)
+    MeanDice(include_background=True, output_transform=each_sample(1)).attach(engine, "dice")
+    engine.run([items], max_epochs=1)
+    assert engine.state.metrics["dice"] == pytest.approx((1 + 2 / 3 + 0 + 3) / 6)
 
 
 def test_correlation_sign_and_degenerate_maps():

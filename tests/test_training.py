@@ -193,9 +193,9 @@ def test_learning_rate_warm_up_or_none(warmup, after_steps):
     assert rates == pytest.approx(after_steps)
 
 
-def val_dice(log: str) -> list[float]:
-    """The validation Dice values a training log reports, in order."""
-    return [float(v) for v in re.findall(r"Metrics -- val_mean_dice: ([0-9.]+)", log)]
+def val_dice(log: str, metric: str = "val_mean_dice") -> list[float]:
+    """The values of a validation metric that a training log reports, in order."""
+    return [float(v) for v in re.findall(rf"Metrics -- .*?{metric}: ([0-9.]+)", log)]
 
 
 def test_a_resumed_training_replaces_the_best_model_only_with_a_better_one(
@@ -222,6 +222,11 @@ def test_a_resumed_training_replaces_the_best_model_only_with_a_better_one(
     assert_ok(second)
     (resumed,) = val_dice(second.stdout + second.stderr)
     assert resumed < best, (resumed, best)  # its first validation is worse than the best
+    # validation also scores each sample alone: between 0 and 1 for the first model's varied
+    # masks, and 0, as the ensemble, when every mask is empty
+    (first_samples,) = val_dice(first.stdout + first.stderr, "val_sample_dice")
+    assert 0 < first_samples <= 1
+    assert val_dice(second.stdout + second.stderr, "val_sample_dice") == [resumed] == [0.0]
     assert state_digest(torch.load(ckpt / "model.pt", weights_only=True)["model"]) == shipped
     assert torch.load(ckpt / "last.pt", weights_only=False)["best_model"]["best"] == best
 

@@ -1,4 +1,5 @@
-"""Uncertainty quality: does the ensemble's variance mark the voxels it gets wrong?"""
+"""What training's validation measures besides the ensemble's Dice: does its variance mark the
+voxels it gets wrong, and how much better is it than one sample?"""
 
 from __future__ import annotations
 
@@ -8,7 +9,27 @@ import ignite.distributed as idist
 import torch
 from ignite.metrics import Metric
 
+from bundle.ensemble.inferers import THRESHOLD
 from bundle.evaluation.metrics import variance_on_errors
+
+
+def each_sample(num_channels: int) -> Callable[[Sequence[dict]], tuple[list, list]]:
+    """An ``output_transform`` for MONAI's ``MeanDice``: every sample's segmentation (the
+    ``samples`` the ensemble inferer returns with ``return_samples``, C channels each) paired
+    with its image's label, so that the metric is the Dice of one sample alone. The ensemble's
+    gain over one sample is ``val_mean_dice`` minus it; it shrinks as training goes on
+    (docs/uncertainty.md), which the ensemble's Dice alone does not show."""
+
+    def transform(output: Sequence[dict]) -> tuple[list, list]:
+        masks, labels = [], []
+        for item in output:
+            samples, label = item["samples"], item["label"]
+            for sample in samples.reshape(-1, num_channels, *samples.shape[1:]):
+                masks.append((sample > THRESHOLD).to(label.dtype))
+                labels.append(label)
+        return masks, labels
+
+    return transform
 
 
 class VarianceErrorRatio(Metric):
