@@ -331,3 +331,44 @@ def test_a_stopped_training_saves_its_state_first(small_datasets, tmp_path, stop
     )
     assert found, log[-3000:]
     assert torch.load(last, weights_only=False)["trainer"]["iteration"] == int(found.group(1))
+
+
+RACE = """
+import logging, os, signal, sys
+import torch
+from ignite.engine import Engine
+from bundle.workflow.handlers import ResumableCheckpoint
+
+engine = Engine(lambda engine, batch: 0.0)
+ResumableCheckpoint(sys.argv[1], {"model": torch.nn.Linear(1, 1)}, interval=0).attach(engine)
+
+
+class SignalAfterTheCheck(logging.Handler):
+    # ignite logs "Epoch[1] Complete" just after its last look at the terminate flag
+    def emit(self, record):
+        if record.getMessage().startswith("Epoch[1] Complete"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+engine.logger.setLevel(logging.INFO)
+engine.logger.addHandler(SignalAfterTheCheck())
+engine.run([0], max_epochs=3)
+"""
+
+
+def test_a_signal_just_after_an_epochs_last_check_still_saves_and_stops(tmp_path):
+    """A stop signal that lands after ignite's end-of-epoch check ends the run as completed,
+    not terminated; the state is saved and the process still ends by the signal."""
+    process = subprocess.run(
+        [sys.executable, "-c", RACE, str(tmp_path)],
+        cwd=REPO,
+        env=BUNDLE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == -signal.SIGINT, process.stderr[-3000:]
+    assert f"stopped by SIGINT at iteration 1; state saved in {tmp_path / 'last.pt'}" in (
+        process.stderr
+    )
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["trainer"]["iteration"] == 1

@@ -99,6 +99,9 @@ class ResumableCheckpoint:
             # a signal ends the process before the end-of-run handlers: save first
             engine.add_event_handler(Events.TERMINATE, self.save)
             engine.add_event_handler(Events.TERMINATE, self._end_if_signalled)
+            # a signal just after ignite's last check of an epoch ends the run as completed,
+            # not terminated (the loop's own condition reads the flag): saved, it ends there
+            engine.add_event_handler(Events.COMPLETED, self._end_if_signalled)
 
     def _catch_stop_signals(self, engine: Engine) -> None:
         """While the engine runs, a stop signal terminates it (which saves) instead of the
