@@ -40,6 +40,7 @@ from bundle.ensemble.inferers import STATISTICS, THRESHOLD, ImplicitEnsembleInfe
 from bundle.evaluation.metrics import (  # noqa: E402
     expected_calibration_error,
     expected_dice_gap,
+    nan_mean,
     overlap,
     spearman,
     uncertainty_metrics,
@@ -206,20 +207,14 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry["draws"] = len(group) // len(cases)
         entry["seconds"] = group[0]["seconds"]
         for column in COLUMNS:
-            entry[column] = _nanmean([r[column] for r in group])
+            entry[column] = nan_mean([r[column] for r in group])
         per_case = [[r for r in group if r["case"] == case] for case in cases]
         entry["spearman"] = spearman(
-            [_nanmean([r["case_uncertainty"] for r in rs]) for rs in per_case],
-            [_nanmean([r["dice"] for r in rs]) for rs in per_case],
+            [nan_mean([r["case_uncertainty"] for r in rs]) for rs in per_case],
+            [nan_mean([r["dice"] for r in rs]) for rs in per_case],
         )
         summary.append(entry)
     return summary
-
-
-def _nanmean(values: list[float]) -> float:
-    """The mean of the values that are not NaN; NaN when none is."""
-    array = np.array(values, dtype=float)
-    return float(np.nanmean(array)) if (~np.isnan(array)).any() else np.nan
 
 
 def markdown(summary: list[dict], sizes: Sequence[int]) -> str:

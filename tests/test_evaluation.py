@@ -16,6 +16,7 @@ from bundle.evaluation.metrics import (
     expected_calibration_error,
     expected_dice_gap,
     hd95,
+    nan_mean,
     overlap,
     qu_brats_score,
     reliability_bins,
@@ -88,6 +89,11 @@ def test_variance_sums_are_the_same_for_numpy_and_torch_and_respect_the_brain():
     assert as_torch == pytest.approx(sums)
     brain = np.array([True, True, True, True, False])
     assert variance_on_errors(variance, seg, label, brain) == pytest.approx((0.3, 2, 0.03, 2))
+
+
+def test_nan_mean_leaves_out_undefined_values():
+    assert nan_mean([1.0, float("nan"), 3.0]) == 2.0
+    assert np.isnan(nan_mean([float("nan"), float("nan")]))
 
 
 def test_validation_metric_pools_variance_over_images():

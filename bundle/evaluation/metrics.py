@@ -24,6 +24,13 @@ from monai.metrics import compute_hausdorff_distance
 from bundle.ensemble.inferers import THRESHOLD
 
 
+def nan_mean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (a metric undefined for some cases or samples,
+    such as HD95 of an empty mask); NaN when none is."""
+    array = np.asarray(values, dtype=float)
+    return float(np.nanmean(array)) if (~np.isnan(array)).any() else float("nan")
+
+
 def overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Dice and Jaccard of two binary volumes."""
     pred, truth = pred.astype(bool), truth.astype(bool)

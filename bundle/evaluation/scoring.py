@@ -28,6 +28,7 @@ from bundle.ensemble.inferers import STATISTICS, THRESHOLD
 from bundle.evaluation.metrics import (
     expected_calibration_error,
     expected_dice_gap,
+    nan_mean,
     segmentation_metrics,
     spearman,
     uncertainty_metrics,
@@ -241,8 +242,7 @@ def _average(rows: list[dict]) -> dict:
     out = {key: rows[0][key] for key in labels}
     for key in rows[0]:
         if key not in labels:
-            values = np.array([r[key] for r in rows], dtype=float)
-            out[key] = float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
+            out[key] = nan_mean([r[key] for r in rows])
     return out
 
 
