@@ -3,16 +3,12 @@ scores the case left out, through its command line on NIfTI files."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import nibabel as nib
 import numpy as np
 
 from bundle.data.datalist import find_cases
-from bundle.io.outputs import output_path
-from tests.bundle_cli import BUNDLE_ENV
-from tests.conftest import REPO
+from tests.bundle_cli import run_script
+from tests.predictions import write_predictions
 
 
 def write_outputs(dataset, predictions) -> list[str]:
@@ -20,13 +16,9 @@ def write_outputs(dataset, predictions) -> list[str]:
     (mean > 0.5) is empty and a calibration fitted on the other cases should recover it."""
     cases = find_cases(dataset)
     for case in cases:
-        label = nib.load(case["label"])
-        tumour = np.asanyarray(label.dataobj) > 0
-        mean = np.where(tumour, 0.35, 0.02).astype(np.float32)
-        maps = {"mean": mean, "variance": mean * 0.1, "votes": mean, "pred": 0 * tumour}
-        for key, array in maps.items():
-            image = nib.Nifti1Image(array.astype(np.float32), label.affine)
-            nib.save(image, output_path(predictions, case["case_id"], key))
+        tumour = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+        mean = np.where(tumour, 0.35, 0.02)
+        write_predictions(predictions, case, 0 * tumour, mean, mean * 0.1)
     return [c["case_id"] for c in cases]
 
 
@@ -38,9 +30,10 @@ def test_each_map_is_fitted_on_the_other_cases_and_scored_on_the_one_left_out(
     predictions.mkdir()
     cases = write_outputs(dataset, predictions)
     report = tmp_path / "calibration.md"
-    command = [sys.executable, "-m", "scripts.calibration_study", "--dataset_dir", str(dataset)]
-    command += ["--predictions", str(predictions), "--split", "all", "--output", str(report)]
-    result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
+    result = run_script(
+        "calibration_study", "--dataset_dir", dataset, "--predictions", predictions,
+        "--split", "all", "--output", report,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = report.read_text().splitlines()
     for name in ("isotonic", "platt"):
@@ -61,9 +54,10 @@ def test_one_case_cannot_be_left_out(small_datasets, tmp_path):
     split = tmp_path / "split.json"
     cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
     split.write_text(f'{{"training": {cases[:2]}, "validation": {cases[2:]}}}'.replace("'", '"'))
-    command = [sys.executable, "-m", "scripts.calibration_study", "--dataset_dir", str(dataset)]
-    command += ["--predictions", str(predictions), "--split_file", str(split)]
-    result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
+    result = run_script(
+        "calibration_study", "--dataset_dir", dataset, "--predictions", predictions,
+        "--split_file", split,
+    )  # fmt: skip
     assert result.returncode != 0
     assert "split 'validation': leaving one case out needs at least 2 labelled cases, found 1" in (
         result.stderr

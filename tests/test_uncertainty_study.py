@@ -11,7 +11,13 @@ import sys
 import pytest
 
 from scripts.uncertainty_study import choose
-from tests.bundle_cli import BUNDLE_ENV, TINY_DIFFUSION_NET, TINY_INFERENCE, tiny_weights
+from tests.bundle_cli import (
+    BUNDLE_ENV,
+    TINY_DIFFUSION_NET,
+    TINY_INFERENCE,
+    run_script,
+    tiny_weights,
+)
 from tests.conftest import REPO
 
 
@@ -133,9 +139,10 @@ def test_mirror_study_compares_plain_mirrored_and_mixed_ensembles(small_datasets
 
 
 def test_draws_below_one_is_one_clear_error(tmp_path):
-    command = [sys.executable, "-m", "scripts.uncertainty_study", "--dataset_dir", str(tmp_path)]
-    command += ["--models", "{}", "--draws", "0", "--output", str(tmp_path / "study")]
-    result = subprocess.run(command, cwd=REPO, env=BUNDLE_ENV, capture_output=True, text=True)
+    result = run_script(
+        "uncertainty_study", "--dataset_dir", tmp_path, "--models", "{}", "--draws", 0,
+        "--output", tmp_path / "study",
+    )  # fmt: skip
     assert result.returncode != 0
     assert "--draws must be >= 1, got 0" in result.stderr
     assert "Traceback" not in result.stderr
