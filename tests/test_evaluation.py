@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from bundle.data.layouts import find_cases
 from bundle.evaluation.metrics import (
@@ -258,6 +259,8 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
         tmp_path / "eval",
         "--method",
         "test",
+        "--min_component_fraction",
+        "0",  # every part of the synthetic tumour counts (the clean-up: its own test)
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
@@ -287,6 +290,38 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
     summary = (tmp_path / "eval" / "summary.md").read_text()
     assert "| test | wt | all | 3 |" in summary and "QU-BraTS" in summary
     assert "AUROC" in summary and "Spearman(score, Dice)" in summary
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.0])
+def test_ensembles_of_saved_samples_lose_their_small_parts_as_inference_does(
+    small_datasets, tmp_path, fraction
+):
+    cases = find_cases(small_datasets["brats2020"])
+    for other in cases:  # the split's cases, all scored; the one studied is overwritten below
+        right = (np.asanyarray(nib.load(other["label"]).dataobj) > 0).astype(np.float32)
+        write_predictions(tmp_path / "pred", other, right, right, right * 0, right[..., None])
+    case = cases[1]  # a tumour in one part
+    truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+    assert ndimage.label(truth, structure=np.ones((3, 3, 3)))[1] == 1
+    stray = np.zeros_like(truth)
+    stray[:2, :2, :2] = True  # 8 voxels in a corner, far from the tumour
+    assert not (stray & truth).any()
+    samples = np.stack([truth | stray] * 3, -1).astype(np.float32)
+    seg = (truth | stray).astype(np.uint8)  # as written by a run without the clean-up
+    write_predictions(tmp_path / "pred", case, seg, samples.mean(-1), samples.var(-1), samples)
+    evaluate(
+        str(tmp_path / "pred"),
+        str(small_datasets["brats2020"]),
+        split="all",
+        output=str(tmp_path / "eval"),
+        min_component_fraction=fraction,
+    )
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    dice = {r["ensemble"]: float(r["dice"]) for r in rows if r["case"] == case["case_id"]}
+    with_stray = 2 * truth.sum() / (2 * truth.sum() + stray.sum())
+    assert dice["all"] == pytest.approx(with_stray)  # the written segmentation, as it is
+    expected = 1.0 if fraction else with_stray
+    assert [dice[k] for k in ("1", "3", "each")] == pytest.approx([expected] * 3)
 
 
 def test_one_table_for_several_methods(small_datasets, tmp_path):

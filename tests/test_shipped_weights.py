@@ -9,7 +9,9 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from bundle.ensemble.outputs import MIN_COMPONENT_FRACTION
 from bundle.io.outputs import output_path
 from tests.bundle_cli import assert_ok, bundle_run
 from tests.conftest import REPO
@@ -36,6 +38,10 @@ def test_shipped_weights_segment_the_demo_case_and_their_variance_marks_the_erro
     log = result.stdout + result.stderr
     reported = re.search(r"whole-tumour Dice ([\d.]+) against its label", log)
     assert reported and abs(float(reported.group(1)) - dice) < 1e-3
+    # the small parts are removed (the ensemble mean had a 6-voxel one here when shipped)
+    parts, count = ndimage.label(seg, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(parts.ravel())[1:]
+    assert count >= 1 and sizes.min() >= MIN_COMPONENT_FRACTION * sizes.max()
 
     brain = np.asanyarray(nib.load(DEMO / f"{CASE}_flair.nii.gz").dataobj) > 0
     variance = np.asanyarray(maps["variance"].dataobj)

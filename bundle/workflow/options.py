@@ -173,6 +173,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     **dict.fromkeys(("learning_rate", "max_train_seconds", "review_threshold"), number(0.0)),
     "ema_decay": number(0.0, 1.0, high_included=False),
     "sampling_eta": number(0.0, 1.0),
+    "min_component_fraction": number(0.0, 1.0),
     "test_fraction": number(0.0, 1.0, high_included=False),
     "split": choice(("all", *SPLITS)),
     "sampler": choice(SAMPLERS),

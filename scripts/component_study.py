@@ -1,0 +1,104 @@
+"""Which small parts of a segmentation to remove? (issue 15: HD95)
+
+    python -m scripts.component_study --dataset_dir ../shared/data/brats18 \
+        --split validation --split_file configs/brats18_split.json \
+        --predictions outputs/validation [--output docs/components.md]
+
+For each labelled case of ``split`` (its inference outputs in ``predictions``), the whole
+tumour of the ensemble mean (> 0.5) is cleaned in each way and scored against the label (Dice,
+HD95): ``fraction f`` keeps the connected parts with at least f times the largest part's voxels
+(:func:`bundle.ensemble.outputs.keep_main_components`, what inference runs with
+``min_component_fraction``; 0 keeps all, 1 only the largest), ``at least v ml`` keeps the parts
+of v ml or more (the largest always). The means over the cases decide (docs/results.md,
+"Removing small parts").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from bundle.data.regions import region_channel, region_names
+from bundle.ensemble.inferers import THRESHOLD
+from bundle.ensemble.outputs import keep_main_components
+from bundle.evaluation.metrics import segmentation_metrics
+from bundle.evaluation.scoring import check_case, labelled_cases, load_case
+from bundle.workflow.options import run_cli
+
+
+def keep_large_parts(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    """The parts of ``mask`` (full connectivity) with at least ``min_voxels`` voxels, and the
+    largest whatever its size."""
+    parts, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    if count < 2:
+        return mask
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    keep = sizes >= min_voxels
+    keep[sizes.argmax()] = True
+    keep[0] = False
+    return keep[parts]
+
+
+def study(
+    dataset_dir: str,
+    predictions: str,
+    split: str = "validation",
+    split_file: str | None = None,
+    regions: str = "wt",
+    fractions: Sequence[float] = (0.0, 0.1, 0.2, 1.0),
+    sizes_ml: Sequence[float] = (1.0, 5.0),
+    output: str | None = None,
+) -> list[dict]:
+    """Score every clean-up on every case; print (and write to ``output``) a markdown table,
+    and return its rows: per case and clean-up, Dice and HD95."""
+    wt = region_channel(region_names(regions), "wt")
+    rows = []
+    for case in labelled_cases(dataset_dir, split, split_file=split_file, exclude=[predictions]):
+        check_case(case, predictions, regions)  # one clear error for a missing or odd file
+        loaded = load_case(case, predictions, regions, with_samples=False)
+        mask = loaded["mean"][..., wt] > THRESHOLD
+        truth, spacing = loaded["label"] > 0, loaded["spacing"]
+        cleaned = {
+            f"fraction {f:g}": keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
+            for f in fractions
+        }
+        voxel_ml = float(np.prod(spacing)) / 1000
+        for v in sizes_ml:
+            cleaned[f"at least {v:g} ml"] = keep_large_parts(mask, v / voxel_ml)
+        for name, seg in cleaned.items():
+            metrics = segmentation_metrics(seg, truth, spacing)
+            rows.append({"clean_up": name, "case": case["case_id"], **metrics})
+    report = markdown(rows)
+    print(report)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(report)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """One line per clean-up: the mean Dice and HD95 over the cases, then each case's."""
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    lines = [
+        "| clean-up | Dice (mean) | HD95 mm (mean) | "
+        + " | ".join(f"{c} Dice / HD95" for c in cases)
+        + " |",
+        "|---|---|---|" + "---|" * len(cases),
+    ]
+    for name in dict.fromkeys(r["clean_up"] for r in rows):
+        group = [r for r in rows if r["clean_up"] == name]
+        cells = " | ".join(f"{r['dice']:.3f} / {r['hd95']:.1f}" for r in group)
+        lines.append(
+            f"| {name} | {np.mean([r['dice'] for r in group]):.4f} "
+            f"| {np.mean([r['hd95'] for r in group]):.2f} | {cells} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    run_cli(study)
