@@ -185,10 +185,13 @@ def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp
     samples = samples.reshape(*reference.shape, 4, 3)
     assert (np.diff(samples, axis=-1) <= 1e-6).all()
     assert (np.diff(mean, axis=-1) <= 1e-6).all()
-    # the segmentation is one labelmap in the case's BraTS 2023 numbering (3 = enhancing)
+    # the segmentation is one labelmap in the case's BraTS 2023 numbering (3 = enhancing), less
+    # the small parts that inference removes (a few voxels of the random network's masks)
     masks = mean > 0.5
     expected = np.select([masks[..., 2], masks[..., 1], masks[..., 0]], [3, 1, 2], 0)
-    np.testing.assert_array_equal(seg, expected)
+    kept = seg > 0
+    np.testing.assert_array_equal(seg[kept], expected[kept])
+    assert not (kept & (expected == 0)).any() and kept.sum() > 0.99 * (expected > 0).sum()
     assert set(np.unique(seg)) > {0}
     assert output_path(out, case.name, "quicklook").stat().st_size > 1000
 
