@@ -17,8 +17,9 @@
     CPU (``scripts/network_options.py``).
 
 All use the same network weights on the same case, in one run. Printed: seconds per volume, the
-speed-up (a)/(b), Dice of each against the ground truth on the reference's slices and on the
-whole volume (input geometry), how far each variant's masks and variance are from float32's,
+speed-up (a)/(b), Dice of each against the ground truth on the reference's slices (slice by
+slice, with the standard error of the gap: a few slices' mean moves by a few hundredths) and on
+the whole volume (input geometry), how far each variant's masks and variance are from float32's,
 the variance's AUROC for errors (does it still mark them?), the images per
 network call that ``memory_budget_mb`` gives, and peak resident memory.
 """

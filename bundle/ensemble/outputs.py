@@ -58,9 +58,9 @@ def keep_main_components(masks: torch.Tensor, min_fraction: float) -> torch.Tens
     their union that hold at least ``min_fraction`` of the largest part's voxels.
 
     Relative, not MONAI's ``KeepLargestConnectedComponent`` (the N largest) or
-    ``RemoveSmallObjects`` (an absolute size): a tumour may have several large parts (one
-    validation case has two of about 80 ml), and false positives such as a ventricle or a vessel
-    are small beside the tumour whatever its size. One union for all regions keeps them nested.
+    ``RemoveSmallObjects`` (an absolute size): a segmentation may have several large parts (the
+    U-Net's of one validation case has two of about 80 ml), and false positives such as a
+    ventricle or a vessel are small beside the tumour whatever its size. One union for all regions keeps them nested.
     """
     if min_fraction <= 0:
         return masks
