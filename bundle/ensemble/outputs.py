@@ -60,7 +60,8 @@ def keep_main_components(masks: torch.Tensor, min_fraction: float) -> torch.Tens
     Relative, not MONAI's ``KeepLargestConnectedComponent`` (the N largest) or
     ``RemoveSmallObjects`` (an absolute size): a segmentation may have several large parts (the
     U-Net's of one validation case has two of about 80 ml), and false positives such as a
-    ventricle or a vessel are small beside the tumour whatever its size. One union for all regions keeps them nested.
+    ventricle or a vessel are small beside the tumour whatever its size. One union for all
+    regions keeps them nested.
     """
     if min_fraction <= 0:
         return masks
