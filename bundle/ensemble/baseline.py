@@ -82,6 +82,7 @@ class DropoutEnsembleInferer(SliceEnsembleInferer):
         self,
         slices: torch.Tensor,
         keep: torch.Tensor,
+        brain: torch.Tensor,  # the network reads whole boxes, brain or not
         network: Callable[..., torch.Tensor],
     ) -> torch.Tensor:
         image = slices[keep]

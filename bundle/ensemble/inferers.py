@@ -91,13 +91,14 @@ class SliceEnsembleInferer(Inferer):
         if keep.any():
             # only the brain's in-plane bounding box is sampled: pixels outside it are air
             box = (..., *brain_box(brain[keep], self.spatial_multiple))
+            kept_brain = brain[keep][box]
             with torch.inference_mode(), _eval_mode(network):
-                probs = self._samples(slices[box], keep, network)
+                probs = self._samples(slices[box], keep, kept_brain, network)
                 if self.nested:  # each channel inside the one before it, sample by sample
                     probs = probs.cummin(dim=2).values
             kept = result.new_zeros(int(keep.sum()), *result.shape[1:])
             # no tumour, and no uncertainty about it, outside the brain
-            kept[box] = self._statistics(probs) * brain[keep][box]
+            kept[box] = self._statistics(probs) * kept_brain
             result[keep] = kept
 
         if volume:
@@ -115,9 +116,11 @@ class SliceEnsembleInferer(Inferer):
         self,
         slices: torch.Tensor,
         keep: torch.Tensor,
+        brain: torch.Tensor,
         network: Callable[..., torch.Tensor],
     ) -> torch.Tensor:
-        """The N masks in [0, 1] of the kept slices, shape (N, kept, C, H, W)."""
+        """The N masks in [0, 1] of the kept slices (``slices[keep]``, whose (kept, 1, H, W)
+        brain mask is ``brain``), shape (N, kept, C, H, W)."""
         raise NotImplementedError
 
     def _statistics(self, probs: torch.Tensor) -> torch.Tensor:
@@ -230,6 +233,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         self,
         slices: torch.Tensor,
         keep: torch.Tensor,
+        brain: torch.Tensor,
         network: Callable[..., torch.Tensor],
     ) -> torch.Tensor:
         num_slices, _, height, width = slices.shape
@@ -253,7 +257,6 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         workers = self.cpu_workers if slices.device.type == "cpu" else 1
         example = network_input(noise[:1], image[:1])
         chunk = self._chunk(runner.network, forward, example, workers)
-        brain = self._brain(image)
         calls = box_calls(
             brain if self.slice_box_multiple else torch.ones_like(brain),
             self.num_samples,
