@@ -9,8 +9,9 @@ tumour of the ensemble mean (> 0.5) is cleaned in each way and scored against th
 HD95): ``fraction f`` keeps the connected parts with at least f times the largest part's voxels
 (:func:`bundle.ensemble.outputs.keep_main_components`, what inference runs with
 ``min_component_fraction``; 0 keeps all, 1 only the largest), ``at least v ml`` keeps the parts
-of v ml or more (the largest always). The means over the cases decide (docs/results.md,
-"Removing small parts").
+of v ml or more (the largest always), and ``fraction f, holes filled`` fills the holes left
+after ``fraction f`` (``scipy.ndimage.binary_fill_holes``, as MONAI's ``FillHoles``) in 3-D or
+in each axial slice. The means over the cases decide (docs/results.md, "Removing small parts").
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def study(
     regions: str = "wt",
     fractions: Sequence[float] = (0.0, 0.1, 0.2, 1.0),
     sizes_ml: Sequence[float] = (1.0, 5.0),
+    fill_holes_after: Sequence[float] = (0.2,),
     output: str | None = None,
 ) -> list[dict]:
     """Score every clean-up on every case; print (and write to ``output``) a markdown table,
@@ -70,6 +72,11 @@ def study(
         voxel_ml = float(np.prod(spacing)) / 1000
         for v in sizes_ml:
             cleaned[f"at least {v:g} ml"] = keep_large_parts(mask, v / voxel_ml)
+        for f in fill_holes_after:
+            kept = keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
+            cleaned[f"fraction {f:g}, holes filled in 3-D"] = ndimage.binary_fill_holes(kept)
+            by_slice = [ndimage.binary_fill_holes(kept[..., z]) for z in range(kept.shape[-1])]
+            cleaned[f"fraction {f:g}, holes filled by slice"] = np.stack(by_slice, -1)
         for name, seg in cleaned.items():
             metrics = segmentation_metrics(seg, truth, spacing)
             rows.append({"clean_up": name, "case": case["case_id"], **metrics})
