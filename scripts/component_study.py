@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from bundle.data.regions import region_channel, region_names
 from bundle.ensemble.inferers import THRESHOLD
-from bundle.ensemble.outputs import keep_main_components
+from bundle.ensemble.outputs import connected_parts, keep_main_components
 from bundle.evaluation.metrics import segmentation_metrics
 from bundle.evaluation.scoring import check_case, labelled_cases, load_case
 from bundle.workflow.options import run_cli
@@ -34,11 +34,7 @@ from bundle.workflow.options import run_cli
 def keep_large_parts(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     """The parts of ``mask`` (full connectivity) with at least ``min_voxels`` voxels, and the
     largest whatever its size."""
-    parts, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
-    if count < 2:
-        return mask
-    sizes = np.bincount(parts.ravel())
-    sizes[0] = 0
+    parts, sizes = connected_parts(mask)
     keep = sizes >= min_voxels
     keep[sizes.argmax()] = True
     keep[0] = False

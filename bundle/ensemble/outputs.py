@@ -65,16 +65,22 @@ def keep_main_components(masks: torch.Tensor, min_fraction: float) -> torch.Tens
     """
     if min_fraction <= 0:
         return masks
-    union = masks.detach().cpu().numpy().any(0)
-    structure = ndimage.generate_binary_structure(union.ndim, union.ndim)
-    parts, count = ndimage.label(union, structure=structure)
-    if count < 2:
+    parts, sizes = connected_parts(masks.detach().cpu().numpy().any(0))
+    if len(sizes) < 3:  # background and at most one part
         return masks
-    sizes = np.bincount(parts.ravel())
-    sizes[0] = 0
     keep = sizes >= min_fraction * sizes.max()
     keep[0] = False
     return masks * torch.as_tensor(keep[parts], device=masks.device).to(masks.dtype)[None]
+
+
+def connected_parts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of a binary mask (full connectivity) labelled 1..n, and each label's voxel
+    count (label 0, the background, counted as 0)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    parts, _ = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    return parts, sizes
 
 
 def segment(
