@@ -30,7 +30,6 @@ import json
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -48,6 +47,7 @@ from bundle.ensemble.precision import precision_mode
 from bundle.evaluation.metrics import overlap, uncertainty_metrics
 from bundle.evaluation.network_speed import markdown as options_markdown
 from bundle.evaluation.network_speed import measure as measure_options
+from bundle.io.atomic import write_text
 from bundle.io.checkpoints import load_weights
 from bundle.workflow.configs import load_config
 from bundle.workflow.options import flag, run_cli
@@ -260,7 +260,7 @@ def benchmark(
     report = render(result)
     print(report)
     if output:
-        Path(output).write_text(report)
+        write_text(output, report)
     return result
 
 

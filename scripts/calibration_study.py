@@ -16,7 +16,6 @@ parameters).
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import isotonic_regression, minimize
@@ -26,7 +25,8 @@ from bundle.data.layouts import DatasetError
 from bundle.data.regions import region_channel, region_names
 from bundle.ensemble.inferers import THRESHOLD
 from bundle.evaluation.metrics import expected_calibration_error, overlap
-from bundle.evaluation.scoring import check_case, labelled_cases, load_case
+from bundle.evaluation.scoring import loaded_cases
+from bundle.io.atomic import write_text
 from bundle.workflow.options import run_cli
 
 Map = Callable[[np.ndarray], np.ndarray]
@@ -74,11 +74,9 @@ def study(
     its rows: per case and map, Dice and ECE raw and calibrated."""
     wt = region_channel(region_names(regions), "wt")
     cases = {}
-    for case in labelled_cases(dataset_dir, split, split_file=split_file, exclude=[predictions]):
-        check_case(case, predictions, regions)  # one clear error for a missing or odd file
-        loaded = load_case(case, predictions, regions, with_samples=False)
+    for loaded in loaded_cases(dataset_dir, predictions, split, split_file, regions):
         brain = loaded["brain"]
-        cases[case["case_id"]] = (loaded["mean"][..., wt][brain], loaded["label"][brain] > 0)
+        cases[loaded["case_id"]] = (loaded["mean"][..., wt][brain], loaded["label"][brain] > 0)
     if len(cases) < 2:
         raise DatasetError(
             f"dataset folder {dataset_dir}, split {split!r}: leaving one case out needs at least "
@@ -103,8 +101,7 @@ def study(
     report = markdown(rows)
     print(report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(report)
+        write_text(output, report)
     return rows
 
 

@@ -17,7 +17,6 @@ in each axial slice. The means over the cases decide (docs/results.md, "Removing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +26,8 @@ from bundle.data.regions import region_channel, region_names
 from bundle.ensemble.inferers import THRESHOLD
 from bundle.ensemble.outputs import connected_parts, keep_main_components
 from bundle.evaluation.metrics import segmentation_metrics
-from bundle.evaluation.scoring import check_case, labelled_cases, load_case
+from bundle.evaluation.scoring import loaded_cases
+from bundle.io.atomic import write_text
 from bundle.workflow.options import run_cli
 
 
@@ -56,9 +56,7 @@ def study(
     and return its rows: per case and clean-up, Dice and HD95."""
     wt = region_channel(region_names(regions), "wt")
     rows = []
-    for case in labelled_cases(dataset_dir, split, split_file=split_file, exclude=[predictions]):
-        check_case(case, predictions, regions)  # one clear error for a missing or odd file
-        loaded = load_case(case, predictions, regions, with_samples=False)
+    for loaded in loaded_cases(dataset_dir, predictions, split, split_file, regions):
         mask = loaded["mean"][..., wt] > THRESHOLD
         truth, spacing = loaded["label"] > 0, loaded["spacing"]
         cleaned = {
@@ -75,12 +73,11 @@ def study(
             cleaned[f"fraction {f:g}, holes filled by slice"] = np.stack(by_slice, -1)
         for name, seg in cleaned.items():
             metrics = segmentation_metrics(seg, truth, spacing)
-            rows.append({"clean_up": name, "case": case["case_id"], **metrics})
+            rows.append({"clean_up": name, "case": loaded["case_id"], **metrics})
     report = markdown(rows)
     print(report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(report)
+        write_text(output, report)
     return rows
 
 

@@ -141,6 +141,17 @@ def labelled_cases(
     return cases
 
 
+def loaded_cases(
+    dataset_dir: str, predictions: str, split: str, split_file: str | None, regions: str = "wt"
+) -> Iterator[dict]:
+    """Each labelled case of ``split`` with its outputs in ``predictions`` loaded, without the
+    samples (:func:`load_case`); a missing or odd file is one clear error
+    (:func:`check_case`)."""
+    for case in labelled_cases(dataset_dir, split, split_file=split_file, exclude=[predictions]):
+        check_case(case, predictions, regions)
+        yield load_case(case, predictions, regions, with_samples=False)
+
+
 def load_case(
     case: dict, predictions: str | Path, regions: str = "wt", with_samples: bool = True
 ) -> dict:

@@ -69,6 +69,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """``text`` into ``path`` (its folders made), complete or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 @contextmanager
 def exclusive(path: str | Path) -> Iterator[int | None]:
     """Hold the lock file ``path`` while the block runs: yields None when this process holds
