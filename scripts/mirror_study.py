@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.io.atomic import write_csv, write_text
 from bundle.workflow.configs import BUNDLE_ROOT
 from bundle.workflow.options import OptionError, run_cli
 from scripts.uncertainty_study import (
@@ -26,7 +27,6 @@ from scripts.uncertainty_study import (
     load_model,
     score,
     summarise,
-    write_csv,
 )
 
 MIRROR_AXIS = -2
@@ -104,9 +104,8 @@ def mirror_study(
             f"| {s['spearman']:.2f} |"
         )
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out.with_suffix(".csv"), rows)
-    out.write_text("\n".join(lines) + "\n")
+    write_text(out, "\n".join(lines) + "\n")
     print(out.read_text())
     return summary
 

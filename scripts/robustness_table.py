@@ -37,7 +37,7 @@ from bundle.data.synthetic import make_demo_data
 from bundle.data.validation import validate_case
 from bundle.ensemble.inferers import STATISTICS
 from bundle.evaluation.scoring import check_case
-from bundle.io.atomic import atomic_path
+from bundle.io.atomic import atomic_path, write_text
 from bundle.io.checkpoints import check_checkpoint
 from bundle.io.outputs import check_output_folder, output_path
 from bundle.workflow.options import one_line_message, run_cli
@@ -521,7 +521,7 @@ def robustness_table(output: str = "docs/robustness.md") -> str:
     """Write the table to ``output`` and return it."""
     with tempfile.TemporaryDirectory() as root:
         text = table(root)
-    Path(output).write_text(text)
+    write_text(output, text)
     return text
 
 

@@ -27,6 +27,7 @@ from bundle.diffusion.samplers import make_sampler
 from bundle.ensemble.inferers import ImplicitEnsembleInferer
 from bundle.evaluation.figures import plot_steps
 from bundle.evaluation.metrics import overlap, uncertainty_metrics
+from bundle.io.atomic import write_text
 from bundle.io.checkpoints import load_weights
 from bundle.workflow.configs import load_config
 from bundle.workflow.options import run_cli
@@ -140,7 +141,7 @@ def sweep(
     ]
     report = "\n".join(lines) + "\n"
     if output:
-        Path(output).write_text(report)
+        write_text(output, report)
     return report
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bundle.io.atomic import write_text
 from bundle.workflow.options import run_cli
 
 
@@ -61,7 +62,7 @@ def training_summary(runs: dict[str, str], output: str | None = None) -> str:
     text = "\n".join(summarise(name, log_dir) for name, log_dir in runs.items())
     print(text)
     if output:
-        Path(output).write_text(text)
+        write_text(output, text)
     return text
 
 

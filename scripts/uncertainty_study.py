@@ -21,7 +21,6 @@ Writes ``study.csv``, ``study.md`` and figures under ``output`` and prints the s
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from bundle.evaluation.metrics import (  # noqa: E402
     spearman,
     uncertainty_metrics,
 )
+from bundle.io.atomic import write_csv, write_text  # noqa: E402
 from bundle.io.checkpoints import load_weights  # noqa: E402
 from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.workflow.options import OptionError, run_cli  # noqa: E402
@@ -160,14 +160,6 @@ def score(samples: np.ndarray, label: np.ndarray, brain: np.ndarray) -> dict[str
     row["ece"] = expected_calibration_error(mean[brain], truth[brain])
     row["case_uncertainty"] = expected_dice_gap((samples[:, :, 0] > THRESHOLD).mean(0))
     return {key: row[key] for key in COLUMNS}
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Per-case rows (all with the first row's keys) as CSV."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def choose(
@@ -396,7 +388,7 @@ def study(
         f"{chosen['steps']} steps, eta {chosen['eta']}, {chosen['samples']} samples "
         f"(Dice {chosen['dice']:.3f}, AUROC {chosen['auroc']:.3f}).\n"
     )
-    (out / "study.md").write_text(report)
+    write_text(out / "study.md", report)
     for side in sides:
         plot([s for s in summary if s["side"] == side], out, side)
     print(report)

@@ -10,7 +10,6 @@ uncertainty quality of each of these ensembles' variance and mean maps on the br
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from bundle.evaluation.metrics import (
     spearman,
     uncertainty_metrics,
 )
+from bundle.io.atomic import write_csv, write_text
 from bundle.io.outputs import output_path
 
 METRICS: tuple[str, ...] = ("dice", "hd95", "jaccard")
@@ -372,12 +372,7 @@ def evaluate(
         rows += method_rows
         summary += summarise(method_rows, name)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(out / "cases.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "summary.md").write_text(markdown(summary))
+    write_csv(out / "cases.csv", rows)
+    write_text(out / "summary.md", markdown(summary))
     print(markdown(summary))
     return summary

@@ -11,6 +11,7 @@ folder take turns per piece of work through lock files (:func:`exclusive`).
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import logging
@@ -73,6 +74,16 @@ def write_text(path: str | Path, text: str) -> None:
     """``text`` into ``path`` (its folders made), complete or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows as CSV into ``path`` (its folders made), complete or not at all; the columns are
+    every row's keys in the order they first appear."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 @contextmanager
