@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.inferers import Inferer
+from monai.losses import DiceLoss
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
@@ -31,6 +32,7 @@ from bundle.diffusion.process import (
     predicted_x0,
     prediction_target,
     prediction_type,
+    x0_to_probability,
 )
 
 
@@ -60,6 +62,16 @@ class WeightedTarget(NamedTuple):
     weight: torch.Tensor
 
 
+class MaskDiceTarget(NamedTuple):
+    """A :class:`WeightedTarget` and what :class:`MaskDiceLoss` needs to read the x0 that the
+    network's output implies: the noisy x_t it saw, the timesteps and the clean x0."""
+
+    weighted: WeightedTarget
+    x0: torch.Tensor
+    x_t: torch.Tensor
+    timesteps: torch.Tensor
+
+
 def _loss_scale(kind: str, abar: torch.Tensor) -> torch.Tensor:
     """A prediction type's squared error per unit of x0's, times 1 - abar (x_t fixed): epsilon
     abar, x0 1 - abar, v 1."""
@@ -85,7 +97,8 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
     The target is what the scheduler's ``prediction_type`` says the network predicts (see
     :func:`bundle.diffusion.process.prediction_target`), and with a learned variance a
     :class:`HybridTarget` for :class:`HybridLoss` (which weights its MSE term itself); else, with
-    a loss weighting other than uniform, a :class:`WeightedTarget` for :class:`WeightedMSELoss`.
+    a loss weighting other than uniform, a :class:`WeightedTarget` for :class:`WeightedMSELoss`;
+    with ``mask_dice_weight`` above 0 a :class:`MaskDiceTarget` for :class:`MaskDiceLoss`.
 
     Args:
         num_train_timesteps: timesteps are drawn uniformly from [0, num_train_timesteps).
@@ -93,6 +106,8 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         condition_key: the batch's image.
         scheduler: the noise scheduler of training (its prediction and variance types).
         loss_weighting: one of :data:`LOSS_WEIGHTINGS`.
+        mask_dice_weight: above 0, the targets carry what :class:`MaskDiceLoss` needs (give
+            :func:`diffusion_loss` the same weight).
     """
 
     def __init__(
@@ -102,11 +117,13 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         condition_key: str = "image",
         scheduler: Scheduler | None = None,
         loss_weighting: str = "uniform",
+        mask_dice_weight: float = 0.0,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_key)
         self.mask_key = mask_key
         self.scheduler = scheduler
         self.loss_weighting = loss_weighting
+        self.mask_dice_weight = mask_dice_weight
 
     def get_target(
         self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -130,6 +147,10 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         if learns_variance(self.scheduler):  # MaskDiffusionInferer noises x0 the same way
             x_t = self.scheduler.add_noise(x0, noise, timesteps)
             target = HybridTarget(target, x0, x_t, timesteps)
+        elif self.mask_dice_weight > 0:
+            x_t = self.scheduler.add_noise(x0, noise, timesteps)
+            weight = timestep_weight(self.scheduler, timesteps, self.loss_weighting)
+            target = MaskDiceTarget(WeightedTarget(target, weight), x0, x_t, timesteps)
         elif self.loss_weighting != "uniform":
             weight = timestep_weight(self.scheduler, timesteps, self.loss_weighting)
             target = WeightedTarget(target, weight)
@@ -162,12 +183,20 @@ class MaskDiffusionInferer(Inferer):
         return network(x=network_input(x_t, condition), timesteps=timesteps)
 
 
-def diffusion_loss(scheduler: Scheduler, loss_weighting: str = "uniform") -> nn.Module:
+def diffusion_loss(
+    scheduler: Scheduler, loss_weighting: str = "uniform", mask_dice_weight: float = 0.0
+) -> nn.Module:
     """The loss of the network's output: MSE on the prediction, or the :class:`HybridLoss` when
     the scheduler says the network learns its variance (``learn_sigma`` in the configs); either
-    MSE weighted over timesteps by ``loss_weighting`` (:data:`LOSS_WEIGHTINGS`)."""
+    MSE weighted over timesteps by ``loss_weighting`` (:data:`LOSS_WEIGHTINGS`). With
+    ``mask_dice_weight`` above 0 (no learned variance) the MSE plus that weight times the Dice
+    loss of the mask the output implies (:class:`MaskDiceLoss`)."""
     if learns_variance(scheduler):
+        if mask_dice_weight > 0:
+            raise ValueError("mask_dice_weight needs learn_sigma false (the hybrid loss has none)")
         return HybridLoss(scheduler, loss_weighting=loss_weighting)
+    if mask_dice_weight > 0:
+        return MaskDiceLoss(scheduler, mask_dice_weight)
     return nn.MSELoss() if loss_weighting == "uniform" else WeightedMSELoss()
 
 
@@ -177,6 +206,25 @@ class WeightedMSELoss(nn.Module):
     def forward(self, output: torch.Tensor, target: WeightedTarget) -> torch.Tensor:
         per_sample = (output - target.target).pow(2).flatten(1).mean(1)
         return (target.weight.to(per_sample.dtype) * per_sample).mean()
+
+
+class MaskDiceLoss(nn.Module):
+    """The weighted MSE plus ``dice_weight`` x MONAI's Dice loss (over the batch) of the mask
+    probability that the output's implied x0 reads as, against the true mask: a segmentation
+    loss on the denoised mask at every timestep, as diffusion segmentation models after the
+    paper add (e.g. MedSegDiff), measured in docs/uncertainty.md."""
+
+    def __init__(self, scheduler: Scheduler, dice_weight: float) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+        self.dice_weight = dice_weight
+        self.mse = WeightedMSELoss()
+        self.dice = DiceLoss(batch=True)
+
+    def forward(self, output: torch.Tensor, target: MaskDiceTarget) -> torch.Tensor:
+        x0_hat = predicted_x0(self.scheduler, output, target.x_t, target.timesteps)
+        dice = self.dice(x0_to_probability(x0_hat), x0_to_probability(target.x0))
+        return self.mse(output, target.weighted) + self.dice_weight * dice
 
 
 class HybridLoss(nn.Module):

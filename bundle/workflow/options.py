@@ -170,7 +170,9 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
         ("fold", "seed", "num_workers", "checkpoint_interval", "slice_box_multiple"), whole(0)
     ),
     **dict.fromkeys(("image_size", "in_plane_spacing", "memory_budget_mb"), number(1e-6)),
-    **dict.fromkeys(("learning_rate", "max_train_seconds", "review_threshold"), number(0.0)),
+    **dict.fromkeys(
+        ("learning_rate", "max_train_seconds", "review_threshold", "mask_dice_weight"), number(0.0)
+    ),
     "ema_decay": number(0.0, 1.0, high_included=False),
     "sampling_eta": number(0.0, 1.0),
     "min_component_fraction": number(0.0, 1.0),
