@@ -59,15 +59,16 @@ def study(
     for loaded in loaded_cases(dataset_dir, predictions, split, split_file, regions):
         mask = loaded["mean"][..., wt] > THRESHOLD
         truth, spacing = loaded["label"] > 0, loaded["spacing"]
-        cleaned = {
-            f"fraction {f:g}": keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
-            for f in fractions
+        kept_by_fraction = {
+            f: keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
+            for f in dict.fromkeys([*fractions, *fill_holes_after])
         }
+        cleaned = {f"fraction {f:g}": kept_by_fraction[f] for f in fractions}
         voxel_ml = float(np.prod(spacing)) / 1000
         for v in sizes_ml:
             cleaned[f"at least {v:g} ml"] = keep_large_parts(mask, v / voxel_ml)
         for f in fill_holes_after:
-            kept = keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
+            kept = kept_by_fraction[f]
             cleaned[f"fraction {f:g}, holes filled in 3-D"] = ndimage.binary_fill_holes(kept)
             by_slice = [ndimage.binary_fill_holes(kept[..., z]) for z in range(kept.shape[-1])]
             cleaned[f"fraction {f:g}, holes filled by slice"] = np.stack(by_slice, -1)
