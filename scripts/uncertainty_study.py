@@ -328,6 +328,11 @@ def study(
     each and averaged: one draw's AUROC moves by about 0.015 (docs/uncertainty.md)."""
     if draws < 1:
         raise OptionError(f"--draws must be >= 1, got {draws}")
+    if not isinstance(models, dict) or not models:
+        raise OptionError(
+            "--models must name each checkpoint, quoted: \"{'name': 'path/model.pt', ...}\"; "
+            f"got {models!r}"
+        )
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     cases = held_out_slices(dataset_dir, split_file, sides, slice_stride, overrides)

@@ -147,3 +147,14 @@ def test_draws_below_one_is_one_clear_error(tmp_path):
     assert "--draws must be >= 1, got 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "study").exists()
+
+
+def test_models_not_parsed_as_a_mapping_is_one_clear_error(tmp_path):
+    result = run_script(
+        "uncertainty_study", "--dataset_dir", tmp_path, "--models", "{a: runs/x/model.pt}",
+        "--output", tmp_path / "study",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--models must name each checkpoint, quoted" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "study").exists()
