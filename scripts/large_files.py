@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from bundle.io.atomic import atomic_path
+from bundle.io.atomic import write_text
 from bundle.workflow.configs import BUNDLE_ROOT
 from bundle.workflow.options import flag, run_cli
 
@@ -71,8 +71,7 @@ def large_files(update: bool | str = False) -> bool:
     expected = render(BUNDLE_ROOT, listed_urls())
     current = LARGE_FILES.read_text() if LARGE_FILES.is_file() else ""
     if flag(update):
-        with atomic_path(LARGE_FILES) as tmp:
-            tmp.write_text(expected)
+        write_text(LARGE_FILES, expected)
         print(f"wrote {LARGE_FILES}")
         return True
     if current != expected:

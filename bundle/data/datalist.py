@@ -16,7 +16,7 @@ import numpy as np
 
 from bundle.data.layouts import SPLITS, DatasetError, find_cases, patient_id
 from bundle.data.validation import validate_case
-from bundle.io.atomic import atomic_path
+from bundle.io.atomic import write_text
 from bundle.workflow.options import OptionError
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def build_datalist(
 
 def write_json(data: dict, path: str | Path) -> Path:
     """Write JSON atomically: a killed run leaves the old file or the new one, never half."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+    write_text(path, json.dumps(data, indent=2))
     return Path(path)
 
 

@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 from monai.handlers import ValidationHandler
 
-from bundle.io.atomic import atomic_path, remove_stale_temporaries
+from bundle.io.atomic import remove_stale_temporaries, write_text
 from bundle.io.checkpoints import (
     CheckpointLoader,
     atomic_torch_save,
@@ -317,8 +317,7 @@ class TrainingReport:
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return
         stats = self.stats(engine)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(stats, indent=2))
+        write_text(self.path, json.dumps(stats, indent=2))
         if stats["epochs_run"] == 0:
             logger.warning(
                 f"trained nothing: the run was already at epoch {stats['epoch']} of "
