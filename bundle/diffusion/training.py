@@ -146,14 +146,13 @@ class MaskDiffusionPrepareBatch(DiffusionPrepareBatch):
         target = self.get_target(x0, noise, timesteps)
         if learns_variance(self.scheduler):  # MaskDiffusionInferer noises x0 the same way
             x_t = self.scheduler.add_noise(x0, noise, timesteps)
-            target = HybridTarget(target, x0, x_t, timesteps)
-        elif self.mask_dice_weight > 0:
-            x_t = self.scheduler.add_noise(x0, noise, timesteps)
-            weight = timestep_weight(self.scheduler, timesteps, self.loss_weighting)
-            target = MaskDiceTarget(WeightedTarget(target, weight), x0, x_t, timesteps)
-        elif self.loss_weighting != "uniform":
+            return x0, HybridTarget(target, x0, x_t, timesteps), (), infer_kwargs
+        if self.loss_weighting != "uniform" or self.mask_dice_weight > 0:
             weight = timestep_weight(self.scheduler, timesteps, self.loss_weighting)
             target = WeightedTarget(target, weight)
+        if self.mask_dice_weight > 0:
+            x_t = self.scheduler.add_noise(x0, noise, timesteps)
+            target = MaskDiceTarget(target, x0, x_t, timesteps)
         return x0, target, (), infer_kwargs
 
 
