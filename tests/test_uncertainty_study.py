@@ -138,23 +138,19 @@ def test_mirror_study_compares_plain_mirrored_and_mixed_ensembles(small_datasets
     assert "Traceback" not in bad.stderr
 
 
-def test_draws_below_one_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--models", "{}", "--draws", 0], "--draws must be >= 1, got 0"),
+        (["--models", "{a: runs/x/model.pt}"], "--models must name each checkpoint, quoted"),
+    ],
+    ids=["draws below one", "models not parsed as a mapping"],
+)
+def test_bad_options_are_one_clear_error(tmp_path, options, message):
     result = run_script(
-        "uncertainty_study", "--dataset_dir", tmp_path, "--models", "{}", "--draws", 0,
-        "--output", tmp_path / "study",
-    )  # fmt: skip
+        "uncertainty_study", "--dataset_dir", tmp_path, *options, "--output", tmp_path / "study"
+    )
     assert result.returncode != 0
-    assert "--draws must be >= 1, got 0" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "study").exists()
-
-
-def test_models_not_parsed_as_a_mapping_is_one_clear_error(tmp_path):
-    result = run_script(
-        "uncertainty_study", "--dataset_dir", tmp_path, "--models", "{a: runs/x/model.pt}",
-        "--output", tmp_path / "study",
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "--models must name each checkpoint, quoted" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "study").exists()
