@@ -10,7 +10,13 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from bundle.diffusion.samplers import make_sampler
-from bundle.ensemble.inferers import ImplicitEnsembleInferer, box_calls, brain_box
+from bundle.ensemble.inferers import (
+    MEMBER_SEED_STRIDE,
+    ImplicitEnsembleInferer,
+    box_calls,
+    brain_box,
+)
+from bundle.ensemble.networks import NetworkEnsemble
 
 NUM_STEPS = 3
 
@@ -102,6 +108,31 @@ def test_return_samples_and_single_sample() -> None:
     assert torch.equal(single[:, 1], torch.zeros_like(single[:, 1]))
     assert torch.equal(single[:, 0], single[:, 3])
     assert torch.equal(single[:, 2], (single[:, 3] > 0.5).float())
+
+
+def test_network_ensemble_draws_sample_i_with_member_i_mod_k() -> None:
+    image, single = images(1, 4, 16, 16, 2), tiny_unet()
+    alone = make_inferer(return_samples=True, num_samples=3)(image, single)
+    assert torch.equal(make_inferer(return_samples=True)(image, NetworkEnsemble(single, 1)), alone)
+
+    members = NetworkEnsemble(single, 2)
+    with torch.no_grad():
+        for parameter in members[1].parameters():
+            parameter.mul_(-1.5)
+    recorders = [Recorder(member) for member in members]
+    members = NetworkEnsemble(single, 2)
+    members[0], members[1] = recorders
+    samples = make_inferer(return_samples=True, num_samples=3)(image, members)[:, 3:]
+    # samples 0 and 2 from member 0 (2 samples, seed 0), sample 1 from member 1 (seed + 1000)
+    first = make_inferer(return_samples=True, num_samples=2)(image, recorders[0].network)[:, 3:]
+    second = make_inferer(return_samples=True, num_samples=1, seed=MEMBER_SEED_STRIDE)(
+        image, recorders[1].network
+    )[:, 3:]
+    torch.testing.assert_close(samples[:, [0, 2]], first)
+    torch.testing.assert_close(samples[:, [1]], second)
+    assert not torch.allclose(samples[:, [1]], alone[:, [4]])
+    # each member ran its own samples only: one probe, then steps x its samples x 2 slices
+    assert [sum(r.batch_sizes) for r in recorders] == [1 + NUM_STEPS * 2 * 2, 1 + NUM_STEPS * 2]
 
 
 def test_empty_slices_are_skipped() -> None:

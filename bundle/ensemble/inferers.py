@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from bundle.diffusion.process import network_input, x0_to_probability
 from bundle.diffusion.samplers import Sampler
+from bundle.ensemble.networks import NetworkEnsemble
 from bundle.ensemble.precision import NetworkRunner
 from bundle.ensemble.workers import map_calls
 from bundle.workflow.options import flag
@@ -24,6 +25,10 @@ STATISTICS = ("mean", "variance", "votes")
 
 THRESHOLD = 0.5
 """The paper's threshold: of the mean for the segmentation, of each sample for its vote."""
+
+MEMBER_SEED_STRIDE = 1000
+"""Member j of a :class:`NetworkEnsemble` draws its noise from ``seed + 1000 j``: apart from
+the seeds of repeated draws (``seed + 1``, ``seed + 2``, ...)."""
 
 
 class SliceEnsembleInferer(Inferer):
@@ -236,18 +241,41 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         brain: torch.Tensor,
         network: Callable[..., torch.Tensor],
     ) -> torch.Tensor:
+        """A :class:`NetworkEnsemble` draws sample i with member ``i % K``, whose noise comes
+        from seed ``seed + MEMBER_SEED_STRIDE * (i % K)`` (member 0's samples are those of a
+        single network with ``seed``)."""
+        members = list(network) if isinstance(network, NetworkEnsemble) else [network]
+        shares = [len(range(j, self.num_samples, len(members))) for j in range(len(members))]
+        drawn = [
+            self._draw(slices, keep, brain, member, count, self.seed + MEMBER_SEED_STRIDE * j)
+            for j, (member, count) in enumerate(zip(members, shares, strict=True))
+            if count
+        ]
+        order = [drawn[i % len(members)][i // len(members)] for i in range(self.num_samples)]
+        return torch.stack(order)
+
+    def _draw(
+        self,
+        slices: torch.Tensor,
+        keep: torch.Tensor,
+        brain: torch.Tensor,
+        network: Callable[..., torch.Tensor],
+        num_samples: int,
+        seed: int,
+    ) -> torch.Tensor:
+        """``num_samples`` masks of the kept slices drawn with one network, (N, kept, C, H, W)."""
         num_slices, _, height, width = slices.shape
         mask_channels = self.mask_channels
         image = slices[keep]
         kept = image.shape[0]
-        generator = torch.Generator(device=slices.device).manual_seed(self.seed)
+        generator = torch.Generator(device=slices.device).manual_seed(seed)
         # noise for every slice, then select: a slice's noise does not depend on skipped ones
         noise = torch.randn(
-            (self.num_samples, num_slices, mask_channels, height, width),
+            (num_samples, num_slices, mask_channels, height, width),
             generator=generator,
             device=slices.device,
         )
-        noise = noise[:, keep].reshape(self.num_samples * kept, mask_channels, height, width)
+        noise = noise[:, keep].reshape(num_samples * kept, mask_channels, height, width)
         runner = NetworkRunner(network, slices.device, self.amp)
 
         def forward(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
@@ -259,7 +287,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         chunk = self._chunk(runner.network, forward, example, workers)
         calls = box_calls(
             brain if self.slice_box_multiple else torch.ones_like(brain),
-            self.num_samples,
+            num_samples,
             chunk,
             self.slice_box_multiple or self.spatial_multiple,
         )
@@ -280,7 +308,7 @@ class ImplicitEnsembleInferer(SliceEnsembleInferer):
         with tqdm(total=self.sampler.num_steps, desc="sampling", disable=not self.progress) as bar:
             x0 = self.sampler.sample(denoise, noise, generator=generator, progress=bar.update)
         probs = x0_to_probability(x0)
-        return probs.reshape(self.num_samples, kept, mask_channels, height, width)
+        return probs.reshape(num_samples, kept, mask_channels, height, width)
 
 
 class BoxCall(NamedTuple):
