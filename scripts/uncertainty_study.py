@@ -5,18 +5,18 @@
         --models "{'x0': 'runs/wt_x0/model.pt', 'epsilon': 'runs/wt_eps/model.pt'}" \
         --output docs/uncertainty
 
-Each model (its prediction type and settings are read from the checkpoint) samples ``num_samples``
-masks of every ``slice_stride``-th brain slice of the held-out cases (``sides`` of the split, in
-the network's grid) for every sampler setting: DDIM with ``etas`` x ``steps``, and the paper's
-1000-step DDPM on ``ddpm_slices`` tumour slices per case. For each setting and ensemble size k
-(the first k samples) it scores, per case and then averaged over cases: the ensemble's Dice
-(mean > 0.5) and its samples' Dice each alone (averaged), the variance's voxel AUROC for "the
-segmentation is wrong" inside the brain, the fraction of wrong voxels with variance, UEO, ECE
-of the mean map, QU-BraTS and the case score
-(:func:`bundle.evaluation.metrics.expected_dice_gap`) with its Spearman correlation with Dice;
-with ``draws`` > 1, averaged over that many independent draws of the samples.
-Writes ``study.csv``, ``study.md`` and figures under ``output`` and prints the setting that
-:func:`choose` picks.
+Each model (its prediction type and settings are read from the checkpoint; a list of checkpoints
+trained alike is one model whose sample i comes from the (i % K)-th network, a seed ensemble)
+samples ``num_samples`` masks of every ``slice_stride``-th brain slice of the held-out cases
+(``sides`` of the split, in the network's grid) for every sampler setting: DDIM with ``etas`` x
+``steps``, and the paper's 1000-step DDPM on ``ddpm_slices`` tumour slices per case. For each
+setting and ensemble size k (the first k samples) it scores, per case and then averaged over cases:
+the ensemble's Dice (mean > 0.5) and its samples' Dice each alone (averaged), the variance's voxel
+AUROC for "the segmentation is wrong" inside the brain, the fraction of wrong voxels with variance,
+UEO, ECE of the mean map, QU-BraTS and the case score
+(:func:`bundle.evaluation.metrics.expected_dice_gap`) with its Spearman correlation with Dice; with
+``draws`` > 1, averaged over that many independent draws of the samples. Writes ``study.csv``,
+``study.md`` and figures under ``output`` and prints the setting that :func:`choose` picks.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from monai.transforms import Compose  # noqa: E402
 from bundle.data.datalist import build_datalist  # noqa: E402
 from bundle.diffusion.samplers import make_sampler  # noqa: E402
 from bundle.ensemble.inferers import STATISTICS, THRESHOLD, ImplicitEnsembleInferer  # noqa: E402
+from bundle.ensemble.networks import NetworkEnsemble  # noqa: E402
 from bundle.evaluation.metrics import (  # noqa: E402
     expected_calibration_error,
     expected_dice_gap,
@@ -45,7 +46,7 @@ from bundle.evaluation.metrics import (  # noqa: E402
     uncertainty_metrics,
 )
 from bundle.io.atomic import write_csv, write_text  # noqa: E402
-from bundle.io.checkpoints import load_weights  # noqa: E402
+from bundle.io.checkpoints import describe_scheduler, load_weights  # noqa: E402
 from bundle.workflow.configs import BUNDLE_ROOT, load_config  # noqa: E402
 from bundle.workflow.options import OptionError, run_cli  # noqa: E402
 
@@ -97,9 +98,23 @@ def held_out_slices(
     return cases
 
 
-def load_model(ckpt_path: str, overrides: dict | None = None) -> tuple[torch.nn.Module, object]:
+def load_model(
+    ckpt: str | Sequence[str], overrides: dict | None = None
+) -> tuple[torch.nn.Module, object]:
     """The network and noise scheduler the checkpoint was trained with, from inference.yaml with
-    ``overrides`` and the settings stored in the checkpoint (prediction type, variance type)."""
+    ``overrides`` and the settings stored in the checkpoint (prediction type, variance type).
+    A list of checkpoints (trained alike) gives a :class:`NetworkEnsemble` of their networks,
+    whose sample i comes from the (i % K)-th."""
+    if not isinstance(ckpt, str):
+        members = [load_model(path, overrides) for path in ckpt]
+        kinds = {describe_scheduler(scheduler)["prediction_type"] for _, scheduler in members}
+        if len(kinds) > 1:
+            raise OptionError(f"the checkpoints {list(ckpt)} predict different things: {kinds}")
+        ensemble = NetworkEnsemble(members[0][0], len(members))
+        for target, (network, _) in zip(ensemble, members, strict=True):
+            target.load_state_dict(network.state_dict())
+        return ensemble.eval(), members[0][1]
+    ckpt_path = ckpt
     stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)["settings"]["scheduler"]
     parser = load_config(
         "inference.yaml",
@@ -307,7 +322,7 @@ def plot(summary: list[dict], output: Path, side: str) -> list[Path]:
 
 def study(
     dataset_dir: str,
-    models: dict[str, str],
+    models: dict[str, str | list[str]],
     output: str = "docs/uncertainty",
     split_file: str | None = str(BUNDLE_ROOT / "configs" / "brats18_split.json"),
     sides: Sequence[str] = ("validation", "testing"),

@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from scripts.uncertainty_study import choose
+from bundle.ensemble.networks import NetworkEnsemble
+from bundle.workflow.options import OptionError
+from scripts.uncertainty_study import choose, load_model
 from tests.bundle_cli import (
     BUNDLE_ENV,
     TINY_DIFFUSION_NET,
@@ -108,6 +111,25 @@ def test_study_scores_each_side_apart_and_chooses_on_validation(small_datasets, 
     for side in ("validation", "testing"):
         for figure in ("steps", "ensemble_size", "tradeoff"):
             assert (out / f"{side}_{figure}.png").stat().st_size > 1000
+
+
+def test_a_list_of_checkpoints_is_one_seed_ensemble(tmp_path):
+    overrides = {**TINY_INFERENCE, **{k: eval(v) for k, v in TINY_DIFFUSION_NET.items()}}
+    first = tiny_weights(tmp_path / "a.pt", with_settings=True)
+    second = torch.load(first, weights_only=True)
+    second["model"] = {k: v + 1 for k, v in second["model"].items()}
+    torch.save(second, tmp_path / "b.pt")
+    ensemble, scheduler = load_model([str(first), str(tmp_path / "b.pt")], overrides)
+    assert isinstance(ensemble, NetworkEnsemble) and len(ensemble) == 2 and not ensemble.training
+    assert scheduler.prediction_type == "epsilon"
+    for member, path in zip(ensemble, (first, tmp_path / "b.pt"), strict=True):
+        stored = torch.load(path, weights_only=True)["model"]
+        assert all(torch.equal(member.state_dict()[k], v) for k, v in stored.items())
+
+    second["settings"]["scheduler"]["prediction_type"] = "sample"
+    torch.save(second, tmp_path / "c.pt")
+    with pytest.raises(OptionError, match="predict different things"):
+        load_model([str(first), str(tmp_path / "c.pt")], overrides)
 
 
 @pytest.mark.slow
