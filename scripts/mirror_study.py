@@ -103,10 +103,10 @@ def mirror_study(
             f"| {s['errors_with_variance']:.3f} | {s['ece']:.4f} | {s['case_uncertainty']:.3f} "
             f"| {s['spearman']:.2f} |"
         )
-    out = Path(output)
-    write_csv(out.with_suffix(".csv"), rows)
-    write_text(out, "\n".join(lines) + "\n")
-    print(out.read_text())
+    report = "\n".join(lines) + "\n"
+    write_csv(Path(output).with_suffix(".csv"), rows)
+    write_text(Path(output), report)
+    print(report)
     return summary
 
 
