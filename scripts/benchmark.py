@@ -47,7 +47,7 @@ from bundle.ensemble.precision import precision_mode
 from bundle.evaluation.metrics import overlap, uncertainty_metrics
 from bundle.evaluation.network_speed import markdown as options_markdown
 from bundle.evaluation.network_speed import measure as measure_options
-from bundle.io.atomic import write_text
+from bundle.io.atomic import publish
 from bundle.io.checkpoints import load_weights
 from bundle.workflow.configs import load_config
 from bundle.workflow.options import flag, run_cli
@@ -257,10 +257,7 @@ def benchmark(
     if flag(network_options) and device.type == "cpu":
         # (c) in the brain box of this case, as the inferer samples it
         result["network_options"] = measure_options(network, *result["box"])
-    report = render(result)
-    print(report)
-    if output:
-        write_text(output, report)
+    publish(render(result), output)
     return result
 
 

@@ -26,7 +26,7 @@ from bundle.data.regions import region_channel, region_names
 from bundle.ensemble.inferers import THRESHOLD
 from bundle.evaluation.metrics import expected_calibration_error, overlap
 from bundle.evaluation.scoring import loaded_cases
-from bundle.io.atomic import write_text
+from bundle.io.atomic import publish
 from bundle.workflow.options import run_cli
 
 Map = Callable[[np.ndarray], np.ndarray]
@@ -98,10 +98,7 @@ def study(
                     "ece_calibrated": expected_calibration_error(calibrated, truth),
                 }
             )
-    report = markdown(rows)
-    print(report)
-    if output:
-        write_text(output, report)
+    publish(markdown(rows), output)
     return rows
 
 

@@ -27,7 +27,7 @@ from bundle.ensemble.inferers import THRESHOLD
 from bundle.ensemble.outputs import connected_parts, keep_main_components
 from bundle.evaluation.metrics import segmentation_metrics
 from bundle.evaluation.scoring import loaded_cases
-from bundle.io.atomic import write_text
+from bundle.io.atomic import publish
 from bundle.workflow.options import run_cli
 
 
@@ -75,10 +75,7 @@ def study(
         for name, seg in cleaned.items():
             metrics = segmentation_metrics(seg, truth, spacing)
             rows.append({"clean_up": name, "case": loaded["case_id"], **metrics})
-    report = markdown(rows)
-    print(report)
-    if output:
-        write_text(output, report)
+    publish(markdown(rows), output)
     return rows
 
 

@@ -155,7 +155,7 @@ def loaded_cases(
 def load_case(
     case: dict, predictions: str | Path, regions: str = "wt", with_samples: bool = True
 ) -> dict:
-    """A case's label, brain mask and spacing with its predictions: ``seg`` (labelmap in the
+    """A case's label, brain mask, spacing and affine with its predictions: ``seg`` (labelmap in the
     case's numbering), ``mean``, ``variance`` and ``votes`` (X, Y, Z, C) and ``samples``
     (X, Y, Z, N, C; None when the run did not save them or ``with_samples`` is false)."""
     names = region_names(regions)
@@ -184,6 +184,7 @@ def load_case(
         "label": label,
         # from the affine, as every step reads geometry (bundle.data.validation), not pixdim
         "spacing": tuple(float(s) for s in nib.affines.voxel_sizes(label_image.affine)[:3]),
+        "affine": label_image.affine,
         "brain": brain,
         "seg": seg,
         **{

@@ -76,6 +76,14 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def publish(report: str, output: str | Path | None = None) -> None:
+    """Print a script's ``report`` and, when ``output`` names a file, write it there
+    (:func:`write_text`)."""
+    print(report)
+    if output:
+        write_text(output, report)
+
+
 def write_csv(path: str | Path, rows: list[dict]) -> None:
     """Rows as CSV into ``path`` (its folders made), complete or not at all; the columns are
     every row's keys in the order they first appear."""
