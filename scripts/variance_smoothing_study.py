@@ -8,10 +8,12 @@ The 2-D model samples every axial slice on its own, so a voxel's variance is the
 N samples of its own slice: a noisy estimate at N = 5, and nothing ties it to the slices above
 and below, although the errors run across them. A Gaussian along the slice axis (``sigma`` in
 mm; the axis of the case's grid closest to the world's inferior-superior axis) pools the
-neighbouring slices' variance into each voxel. For each sigma (0: the written map) and each
-labelled case of ``split`` (its inference outputs in ``predictions``): the whole tumour's
-uncertainty metrics on the brain against the errors of the written segmentation
-(:func:`bundle.evaluation.metrics.uncertainty_metrics`), and their means over the cases.
+neighbouring slices' variance into each voxel (inference does it with
+``variance_slice_sigma_mm``). For each sigma (0: the written map) and each labelled case of
+``split`` (its inference outputs in ``predictions``, written with ``--variance_slice_sigma_mm 0``
+to study each slice's own variance): the whole tumour's uncertainty metrics on the brain against
+the errors of the written segmentation (:func:`bundle.evaluation.metrics.uncertainty_metrics`),
+and their means over the cases.
 """
 
 from __future__ import annotations
@@ -19,31 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from bundle.data.regions import region_channel, region_names, region_values
+from bundle.ensemble.outputs import smooth_across_slices
 from bundle.evaluation.metrics import uncertainty_metrics
 from bundle.evaluation.scoring import loaded_cases
 from bundle.io.atomic import publish
 from bundle.workflow.options import OptionError, run_cli
 
 COLUMNS = ("auroc", "errors_with_variance", "ueo", "var_ratio", "qu_brats")
-
-
-def slice_axis(affine: np.ndarray) -> int:
-    """The voxel axis whose direction is closest to the world's inferior-superior axis."""
-    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    return int(np.argmax(np.abs(directions[2])))
-
-
-def smooth_across_slices(variance: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
-    """``variance`` (X, Y, Z) smoothed by a Gaussian of ``sigma_mm`` along its slice axis
-    (:func:`slice_axis`); 0 leaves it as it is."""
-    if sigma_mm == 0:
-        return variance
-    axis = slice_axis(affine)
-    spacing = float(np.linalg.norm(affine[:3, axis]))
-    return gaussian_filter1d(variance, sigma_mm / spacing, axis=axis, mode="constant")
 
 
 def study(

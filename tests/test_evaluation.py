@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from bundle.data.layouts import find_cases
+from bundle.ensemble.outputs import VARIANCE_SLICE_SIGMA_MM, slice_axis, smooth_across_slices
 from bundle.evaluation.metrics import (
     error_auroc,
     expected_calibration_error,
@@ -261,6 +262,8 @@ def test_evaluate_script_scores_a_prediction_folder(small_datasets, tmp_path):
         "test",
         "--min_component_fraction",
         "0",  # every part of the synthetic tumour counts (the clean-up: its own test)
+        "--variance_slice_sigma_mm",
+        "0",  # each slice's own variance (the pooling over slices: its own test)
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
@@ -322,6 +325,38 @@ def test_ensembles_of_saved_samples_lose_their_small_parts_as_inference_does(
     assert dice["all"] == pytest.approx(with_stray)  # the written segmentation, as it is
     expected = 1.0 if fraction else with_stray
     assert [dice[k] for k in ("1", "3", "each")] == pytest.approx([expected] * 3)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 0.0])
+def test_ensembles_of_saved_samples_pool_their_variance_over_slices_as_inference_does(
+    small_datasets, tmp_path, sigma
+):
+    """Three samples that disagree on every other slice of the tumour, which their mean
+    misses there; the written variance pooled over slices as inference writes it with the
+    default sigma: the 3-sample ensemble of the saved samples scores as the written map does
+    only when evaluated with that sigma."""
+    for case in find_cases(small_datasets["brats2020"]):
+        label = nib.load(case["label"])
+        truth = (np.asanyarray(label.dataobj) > 0).astype(np.float32)
+        every_other = np.indices(truth.shape)[slice_axis(label.affine)] % 2 == 0
+        disagreeing = truth * every_other
+        samples = np.stack([truth - disagreeing, truth - disagreeing, truth], -1)
+        variance = smooth_across_slices(samples.var(-1), label.affine, VARIANCE_SLICE_SIGMA_MM)
+        seg = (samples.mean(-1) > 0.5).astype(np.uint8)
+        write_predictions(tmp_path / "pred", case, seg, samples.mean(-1), variance, samples)
+    evaluate(
+        str(tmp_path / "pred"),
+        str(small_datasets["brats2020"]),
+        split="all",
+        output=str(tmp_path / "eval"),
+        min_component_fraction=0.0,  # the written segmentation kept every part
+        variance_slice_sigma_mm=sigma,
+    )
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
+    for case_id in {r["case"] for r in rows}:
+        by = {r["ensemble"]: r for r in rows if r["case"] == case_id}
+        pooled, written = (float(by[k]["var_wrong"]) for k in ("3", "all"))
+        assert (pooled == pytest.approx(written, rel=1e-4)) == (sigma == VARIANCE_SLICE_SIGMA_MM)
 
 
 def test_one_table_for_several_methods(small_datasets, tmp_path):

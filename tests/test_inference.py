@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from bundle.data.synthetic import make_demo_data
+from bundle.ensemble.outputs import VARIANCE_SLICE_SIGMA_MM, smooth_across_slices
 from bundle.evaluation.metrics import expected_dice_gap, overlap
 from bundle.io.outputs import expected_outputs, output_path
 from bundle.workflow.configs import load_config
@@ -63,7 +64,8 @@ def read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 def test_outputs_in_input_geometry(odd_case, tmp_path):
     weights = tiny_weights(tmp_path / "model.pt")
     out = tmp_path / "out"
-    result = infer(odd_case, out, weights, save_samples="true")  # as users type it
+    # each slice's own variance here (exact where the samples agree); pooled over slices below
+    result = infer(odd_case, out, weights, save_samples="true", variance_slice_sigma_mm=0)
     assert_ok(result)
     case = odd_case.name
     log = result.stdout + result.stderr
@@ -118,13 +120,17 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     assert mean[~brain].max() < 1e-6 and var[~brain].max() < 1e-6
     assert output_path(out, case, "quicklook").stat().st_size > 1000
 
-    # the same seed gives identical files; a new seed other samples
+    # the same seed gives identical files, the variance pooled over the slices of the input's
+    # (permuted, oblique) grid by default; a new seed other samples
     again = tmp_path / "again"
     assert_ok(infer(odd_case, again, weights))
-    for key in ("mean", "variance", "pred"):
+    for key in ("mean", "pred"):
         first, _ = read(output_path(out, case, key))
         second, _ = read(output_path(again, case, key))
         np.testing.assert_array_equal(first, second)
+    pooled = smooth_across_slices(var, var_img.affine, VARIANCE_SLICE_SIGMA_MM)
+    np.testing.assert_allclose(read(output_path(again, case, "variance"))[0], pooled, atol=1e-6)
+    assert VARIANCE_SLICE_SIGMA_MM > 0 and not np.allclose(pooled, var, atol=1e-4)
     other = tmp_path / "other"
     assert_ok(infer(odd_case, other, weights, seed=1))
     assert not np.array_equal(read(output_path(other, case, "mean"))[0], mean)

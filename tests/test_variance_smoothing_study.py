@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 
 from bundle.data.datalist import find_cases
-from scripts.variance_smoothing_study import slice_axis, smooth_across_slices
+from bundle.ensemble.outputs import slice_axis, smooth_across_slices
 from tests.bundle_cli import run_script
 from tests.predictions import write_predictions
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 from bundle.ensemble.inferers import STATISTICS, THRESHOLD
@@ -17,6 +18,58 @@ MIN_COMPONENT_FRACTION = 0.2
 """Connected parts of a case's segmentation with fewer voxels than this fraction of its largest
 part are removed: chosen on the validation cases by a rule written before the measurement
 (docs/results.md, "Removing small parts"); 0 keeps every part, as the paper's plain threshold."""
+
+
+VARIANCE_SLICE_SIGMA_MM = 2.0
+"""The variance map is pooled over neighbouring slices by a Gaussian of this sigma (mm) along
+the slice axis (:func:`smooth_across_slices`): the 2-D network samples each slice on its own.
+Chosen on the validation cases by a rule written before the measurement (docs/uncertainty.md,
+"Pooling the variance over neighbouring slices"); 0 keeps each slice's own variance, as the
+paper."""
+
+
+def slice_axis(affine: np.ndarray) -> int:
+    """The voxel axis whose direction is closest to the world's inferior-superior axis."""
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return int(np.argmax(np.abs(directions[2])))
+
+
+def smooth_across_slices(variance: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """A (X, Y, Z) ``variance`` in the grid of ``affine`` smoothed by a Gaussian of ``sigma_mm``
+    along its slice axis (:func:`slice_axis`), zero beyond the volume; 0 returns it as it is."""
+    if sigma_mm == 0:
+        return variance
+    axis = slice_axis(affine)
+    spacing = float(np.linalg.norm(affine[:3, axis]))
+    return ndimage.gaussian_filter1d(variance, sigma_mm / spacing, axis=axis, mode="constant")
+
+
+class SmoothAcrossSlicesd(MapTransform):
+    """Variance maps (C, X, Y, Z) pooled over neighbouring slices, channel by channel
+    (:func:`smooth_across_slices`), in the grid their MetaTensor affine gives (after
+    ``Invertd``: the input's).
+
+    Args:
+        keys: the variance maps.
+        sigma_mm: the Gaussian's sigma along the slice axis (:data:`VARIANCE_SLICE_SIGMA_MM` in
+            inference); 0 leaves them as they are.
+    """
+
+    def __init__(self, keys: KeysCollection = "variance", sigma_mm: float = 0.0) -> None:
+        super().__init__(keys)
+        if sigma_mm < 0:
+            raise ValueError(f"sigma_mm must be >= 0, got {sigma_mm}.")
+        self.sigma_mm = sigma_mm
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            variance = d[key]
+            affine = np.asarray(variance.affine, dtype=np.float64)
+            maps = variance.detach().cpu().numpy()
+            smoothed = np.stack([smooth_across_slices(m, affine, self.sigma_mm) for m in maps])
+            d[key] = convert_to_dst_type(smoothed, variance)[0]
+        return d
 
 
 class SplitEnsembled(MapTransform):

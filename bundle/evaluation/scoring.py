@@ -24,7 +24,12 @@ from bundle.data.normalisation import brain_mask
 from bundle.data.regions import region_names, region_values, regions_to_labelmap
 from bundle.data.validation import check_geometry, load_nifti, read_voxels, validate_case
 from bundle.ensemble.inferers import STATISTICS, THRESHOLD
-from bundle.ensemble.outputs import MIN_COMPONENT_FRACTION, segment
+from bundle.ensemble.outputs import (
+    MIN_COMPONENT_FRACTION,
+    VARIANCE_SLICE_SIGMA_MM,
+    segment,
+    smooth_across_slices,
+)
 from bundle.evaluation.metrics import (
     expected_calibration_error,
     expected_dice_gap,
@@ -201,30 +206,46 @@ figure an ensemble's gain is measured against (the first sample alone is one dra
 
 
 def _statistics(
-    samples: np.ndarray, volumes: dict, regions: str, min_component_fraction: float
+    samples: np.ndarray,
+    volumes: dict,
+    regions: str,
+    min_component_fraction: float,
+    variance_slice_sigma_mm: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Labelmap, mean, variance and votes of samples (X, Y, Z, k, C), segmented as inference
-    does (mean > 0.5, small parts removed, nested)."""
+    does (mean > 0.5, small parts removed, nested), the variance pooled over slices as it
+    does."""
     mean, variance, votes = samples.mean(-2), samples.var(-2), (samples > THRESHOLD).mean(-2)
+    variance = np.stack(
+        [
+            smooth_across_slices(v, volumes["affine"], variance_slice_sigma_mm)
+            for v in np.moveaxis(variance, -1, 0)
+        ],
+        axis=-1,
+    )
     masks = segment(torch.from_numpy(np.moveaxis(mean, -1, 0)), min_component_fraction)
     seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
     return seg, mean, variance, votes
 
 
 def ensembles(
-    volumes: dict, regions: str, min_component_fraction: float = MIN_COMPONENT_FRACTION
+    volumes: dict,
+    regions: str,
+    min_component_fraction: float = MIN_COMPONENT_FRACTION,
+    variance_slice_sigma_mm: float = VARIANCE_SLICE_SIGMA_MM,
 ) -> Iterator[tuple[str | int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(ensemble size, labelmap, mean, variance and votes (X, Y, Z, C)) of the written ensemble
     ("all"), of the first 1..N saved samples and of each saved sample alone (:data:`EACH`),
-    the latter segmented with ``min_component_fraction`` as inference does."""
+    the latter segmented with ``min_component_fraction`` and their variance pooled over slices
+    with ``variance_slice_sigma_mm`` as inference does."""
     yield "all", volumes["seg"], *(volumes[key] for key in STATISTICS)
     samples = volumes["samples"]
     count = 0 if samples is None else samples.shape[-2]
+    settings = (volumes, regions, min_component_fraction, variance_slice_sigma_mm)
     for k in range(1, count + 1):
-        yield k, *_statistics(samples[..., :k, :], volumes, regions, min_component_fraction)
+        yield k, *_statistics(samples[..., :k, :], *settings)
     for j in range(count):
-        one = samples[..., j : j + 1, :]
-        yield EACH, *_statistics(one, volumes, regions, min_component_fraction)
+        yield EACH, *_statistics(samples[..., j : j + 1, :], *settings)
 
 
 def evaluate_case(
@@ -232,12 +253,14 @@ def evaluate_case(
     predictions: str | Path,
     regions: str = "wt",
     min_component_fraction: float = MIN_COMPONENT_FRACTION,
+    variance_slice_sigma_mm: float = VARIANCE_SLICE_SIGMA_MM,
 ) -> list[dict]:
     """Rows of metrics for one case: per ensemble size, one per region."""
     volumes = load_case(case, predictions, regions)
     brain, layout = volumes["brain"], volumes["layout"]
     rows = []
-    for ensemble, seg, mean, variance, votes in ensembles(volumes, regions, min_component_fraction):
+    post = (min_component_fraction, variance_slice_sigma_mm)
+    for ensemble, seg, mean, variance, votes in ensembles(volumes, regions, *post):
         for c, region in enumerate(region_names(regions)):
             values = region_values(layout, region)
             pred, truth = np.isin(seg, values), np.isin(volumes["label"], values)
@@ -341,12 +364,14 @@ def evaluate(
     seed: int = 0,
     split_file: str | None = None,
     min_component_fraction: float = MIN_COMPONENT_FRACTION,
+    variance_slice_sigma_mm: float = VARIANCE_SLICE_SIGMA_MM,
 ) -> list[dict]:
     """Score every labelled case of ``split`` (``training``/``validation``/``testing`` as the
     datalist splits ``dataset_dir``; ``all`` for the whole folder) in each prediction folder.
 
     The written segmentation is scored as it is; the ensembles of the saved samples are
-    segmented as inference does, with ``min_component_fraction`` (set it as the run did).
+    segmented as inference does, with ``min_component_fraction``, and their variance pooled over
+    slices with ``variance_slice_sigma_mm`` (set them as the run did).
 
     ``predictions`` and ``method`` may be lists (one method name per folder) for one table of
     several methods. Writes ``cases.csv`` (one row per method, case, ensemble size and region)
@@ -368,7 +393,9 @@ def evaluate(
         method_rows = [
             {"method": name, **row}
             for case in cases
-            for row in evaluate_case(case, folder, regions, min_component_fraction)
+            for row in evaluate_case(
+                case, folder, regions, min_component_fraction, variance_slice_sigma_mm
+            )
         ]
         rows += method_rows
         summary += summarise(method_rows, name)
