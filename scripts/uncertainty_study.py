@@ -114,8 +114,7 @@ def load_model(
         for target, (network, _) in zip(ensemble, members, strict=True):
             target.load_state_dict(network.state_dict())
         return ensemble.eval(), members[0][1]
-    ckpt_path = ckpt
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)["settings"]["scheduler"]
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["settings"]["scheduler"]
     parser = load_config(
         "inference.yaml",
         {
@@ -125,7 +124,7 @@ def load_model(
         },
     )
     network = parser.get_parsed_content("network_def")
-    load_weights(network, ckpt_path)
+    load_weights(network, ckpt)
     return network.eval(), parser.get_parsed_content("noise_scheduler")
 
 

@@ -34,14 +34,20 @@ def slice_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(directions[2])))
 
 
-def smooth_across_slices(variance: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
-    """A (X, Y, Z) ``variance`` in the grid of ``affine`` smoothed by a Gaussian of ``sigma_mm``
-    along its slice axis (:func:`slice_axis`), zero beyond the volume; 0 returns it as it is."""
+def smooth_across_slices(
+    variance: np.ndarray, affine: np.ndarray, sigma_mm: float, first_spatial_axis: int = 0
+) -> np.ndarray:
+    """A ``variance`` whose X, Y, Z axes (in the grid of ``affine``) start at
+    ``first_spatial_axis`` (1 for channels first) smoothed by a Gaussian of ``sigma_mm`` along
+    its slice axis (:func:`slice_axis`), every other axis apart, zero beyond the volume; 0
+    returns it as it is."""
     if sigma_mm == 0:
         return variance
     axis = slice_axis(affine)
     spacing = float(np.linalg.norm(affine[:3, axis]))
-    return ndimage.gaussian_filter1d(variance, sigma_mm / spacing, axis=axis, mode="constant")
+    return ndimage.gaussian_filter1d(
+        variance, sigma_mm / spacing, axis=first_spatial_axis + axis, mode="constant"
+    )
 
 
 class SmoothAcrossSlicesd(MapTransform):
@@ -67,7 +73,7 @@ class SmoothAcrossSlicesd(MapTransform):
             variance = d[key]
             affine = np.asarray(variance.affine, dtype=np.float64)
             maps = variance.detach().cpu().numpy()
-            smoothed = np.stack([smooth_across_slices(m, affine, self.sigma_mm) for m in maps])
+            smoothed = smooth_across_slices(maps, affine, self.sigma_mm, first_spatial_axis=1)
             d[key] = convert_to_dst_type(smoothed, variance)[0]
         return d
 

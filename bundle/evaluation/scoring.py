@@ -216,13 +216,7 @@ def _statistics(
     does (mean > 0.5, small parts removed, nested), the variance pooled over slices as it
     does."""
     mean, variance, votes = samples.mean(-2), samples.var(-2), (samples > THRESHOLD).mean(-2)
-    variance = np.stack(
-        [
-            smooth_across_slices(v, volumes["affine"], variance_slice_sigma_mm)
-            for v in np.moveaxis(variance, -1, 0)
-        ],
-        axis=-1,
-    )
+    variance = smooth_across_slices(variance, volumes["affine"], variance_slice_sigma_mm)
     masks = segment(torch.from_numpy(np.moveaxis(mean, -1, 0)), min_component_fraction)
     seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
     return seg, mean, variance, votes
