@@ -25,7 +25,9 @@ from scripts.uncertainty_study import (
     draw,
     held_out_slices,
     load_model,
+    model_slices,
     score,
+    stored_context,
     summarise,
 )
 
@@ -66,10 +68,11 @@ def mirror_study(
         raise OptionError(f"--mixed must be between 1 and num_samples - 1, got {mixed}")
     cases = held_out_slices(dataset_dir, split_file, sides, slice_stride, overrides)
     network, scheduler = load_model(ckpt_path, overrides)
+    context = stored_context(ckpt_path)
     rows = []
     for k in steps:
         for case in cases:
-            image = case["image"]
+            image = model_slices(case, context)
             plain = draw(network, scheduler, image, "ddim", k, eta, num_samples, 0)
             mirrored = draw(
                 network, scheduler, image.flip(MIRROR_AXIS), "ddim", k, eta, num_samples, 1

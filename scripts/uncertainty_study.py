@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
 from bundle.data.datalist import build_datalist  # noqa: E402
+from bundle.data.transforms import SliceContextd  # noqa: E402
 from bundle.diffusion.samplers import make_sampler  # noqa: E402
 from bundle.ensemble.inferers import STATISTICS, THRESHOLD, ImplicitEnsembleInferer  # noqa: E402
 from bundle.ensemble.networks import NetworkEnsemble  # noqa: E402
@@ -73,8 +74,15 @@ def held_out_slices(
 ) -> list[dict]:
     """Every ``slice_stride``-th brain slice of each case of ``sides``, in the network's grid,
     through the training config's own loading transforms: image (S, 4, H, W), label (S, C, H,
-    W), brain (S, H, W), the indices of the slices with tumour and the side it comes from."""
-    settings = {**(overrides or {}), "dataset_dir": dataset_dir, "split_file": split_file}
+    W), brain (S, H, W), the indices of the slices with tumour and the side it comes from; and
+    the whole volume with the picked slices' indices, from which :func:`model_slices` gives a
+    network trained with neighbouring slices its input."""
+    settings = {
+        **(overrides or {}),
+        "dataset_dir": dataset_dir,
+        "split_file": split_file,
+        "context_slices": 0,
+    }
     parser = load_config("train.yaml", settings)
     datalist = build_datalist(dataset_dir, validate=False, split_file=split_file)
     loader = Compose(parser.get_parsed_content("load_transforms"))
@@ -93,9 +101,29 @@ def held_out_slices(
                 "label": label[picks].numpy() > 0,
                 "brain": brain[picks].numpy(),
                 "tumour_slices": tumour.tolist(),  # a list: one index still selects a slice axis
+                "volume": item["image"],
+                "picks": picks,
             }
         )
     return cases
+
+
+def stored_context(ckpt: str | Sequence[str]) -> tuple[int, int] | None:
+    """The neighbouring slices (k, step) the checkpoint's network was trained with, None for a
+    2-D network; of a list of checkpoints, the first's (:func:`load_model` checks they match)."""
+    first = ckpt if isinstance(ckpt, str) else ckpt[0]
+    settings = torch.load(first, map_location="cpu", weights_only=True)["settings"]
+    context = settings.get("slice_context")
+    return tuple(context) if context else None
+
+
+def model_slices(case: dict, context: tuple[int, int] | None) -> torch.Tensor:
+    """A case's picked slices as a network trained with ``context`` (:func:`stored_context`)
+    takes them: its own four channels, then its neighbours' (:class:`SliceContextd`)."""
+    if not context:
+        return case["image"]
+    stacked = SliceContextd("image", *context)({"image": case["volume"]})["image"]
+    return stacked.movedim(-1, 0)[case["picks"]]
 
 
 def load_model(
@@ -110,17 +138,23 @@ def load_model(
         kinds = {describe_scheduler(scheduler)["prediction_type"] for _, scheduler in members}
         if len(kinds) > 1:
             raise OptionError(f"the checkpoints {list(ckpt)} predict different things: {kinds}")
+        contexts = {stored_context(path) for path in ckpt}
+        if len(contexts) > 1:
+            raise OptionError(f"the checkpoints {list(ckpt)} see different slices: {contexts}")
         ensemble = NetworkEnsemble(members[0][0], len(members))
         for target, (network, _) in zip(ensemble, members, strict=True):
             target.load_state_dict(network.state_dict())
         return ensemble.eval(), members[0][1]
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)["settings"]["scheduler"]
+    context = stored_context(ckpt) or (0, 1)
     parser = load_config(
         "inference.yaml",
         {
             **(overrides or {}),
             "prediction_type": stored["prediction_type"],
             "learn_sigma": stored["variance_type"] == "learned_range",
+            "context_slices": context[0],
+            "context_step": context[1],
         },
     )
     network = parser.get_parsed_content("network_def")
@@ -138,7 +172,7 @@ def draw(
     num_samples: int,
     seed: int,
 ) -> np.ndarray:
-    """``num_samples`` masks in [0, 1] of (S, 4, H, W) slices: (N, S, C, H, W)."""
+    """``num_samples`` masks in [0, 1] of (S, 4 (2k + 1), H, W) slices: (N, S, C, H, W)."""
     inferer = ImplicitEnsembleInferer(
         make_sampler(sampler, steps, scheduler, eta=eta),
         num_samples=num_samples,
@@ -361,11 +395,12 @@ def study(
     rows = []
     for model, ckpt in models.items():
         network, scheduler = load_model(ckpt, overrides)
+        context = stored_context(ckpt)
         for sampler, k, eta in settings:
             took, slices, case_rows = 0.0, 0, []
             for case, draw_seed in [(c, seed + d) for c in cases for d in range(draws)]:
                 picks = case["tumour_slices"][:ddpm_slices] if sampler == "ddpm" else slice(None)
-                image = case["image"][picks]
+                image = model_slices(case, context)[picks]
                 start = time.perf_counter()
                 samples = draw(network, scheduler, image, sampler, k, eta, num_samples, draw_seed)
                 took, slices = took + time.perf_counter() - start, slices + len(image)

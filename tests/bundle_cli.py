@@ -126,13 +126,16 @@ def train_overrides(dataset: Path, ckpt_dir: Path, **extra: object) -> dict[str,
     return overrides
 
 
-def tiny_weights(path: Path, regions: str = "wt", with_settings: bool = False) -> Path:
+def tiny_weights(
+    path: Path, regions: str = "wt", with_settings: bool = False, **extra: object
+) -> Path:
     """Random weights of the tiny test network, built from inference.yaml itself: a bare state
     dict, or ``with_settings`` as training writes them, with the settings of
-    :data:`TINY_INFERENCE`."""
+    :data:`TINY_INFERENCE` and ``extra``."""
     # the same literals the command line gets
     tiny = {key: eval(value) for key, value in TINY_DIFFUSION_NET.items()}
-    parser = load_config("inference.yaml", {**tiny, **TINY_INFERENCE, "regions": regions})
+    settings = {**tiny, **TINY_INFERENCE, "regions": regions, **extra}
+    parser = load_config("inference.yaml", settings)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
     if with_settings:

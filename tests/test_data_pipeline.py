@@ -119,3 +119,22 @@ def test_training_dataset_draws_cached_axial_slices(small_datasets, tmp_path):
     shutil.rmtree(dataset)
     second = [batch for batch in loader]
     assert sum(len(b["image"]) for b in second) == sum(len(b["image"]) for b in first)
+
+
+def test_neighbouring_slices_become_channels_after_the_slice_itself(small_datasets):
+    """2.5-D input: the slice's own four modalities keep channels 0 to 3, then the slice
+    ``step`` below and the slice ``step`` above, the end slices repeated past the volume."""
+    dataset = small_datasets["brats2020"]
+    case = find_cases(dataset)[1]
+    flat = Compose(parser_for(dataset).get_parsed_content("load_transforms"))(case)
+    parser = parser_for(dataset, context_slices=1, context_step=2)
+    stacked = Compose(parser.get_parsed_content("load_transforms"))(case)
+    image, depth = flat["image"], flat["image"].shape[-1]
+    assert stacked["image"].shape == (12, *image.shape[1:])
+    below = image[..., [max(z - 2, 0) for z in range(depth)]]
+    above = image[..., [min(z + 2, depth - 1) for z in range(depth)]]
+    assert torch.equal(stacked["image"], torch.cat([image, below, above]))
+    # the label, and the brain slices training draws from, stay the slice's own
+    assert torch.equal(stacked["label"], flat["label"])
+    assert torch.equal(stacked["label_bg_indices"], flat["label_bg_indices"])
+    assert parser.get_parsed_content("network_def").conv_in.conv.in_channels == 1 + 12

@@ -12,6 +12,7 @@ import sys
 import time
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
@@ -158,6 +159,32 @@ def test_weight_average_and_learned_variance_switches(small_datasets, tmp_path):
     assert_ok(result)
     mean = nib.load(output_path(tmp_path / "out", case.name, "mean")).get_fdata()
     assert mean.shape == SMALL_SHAPE and 0 <= mean.min() <= mean.max() <= 1
+
+
+@pytest.mark.slow
+def test_a_network_trained_on_neighbouring_slices_serves_inference(small_datasets, tmp_path):
+    """2.5-D: the weights say which neighbours they were trained on; inference with them
+    writes the maps in the input's grid, and inference without them stops with one line."""
+    ckpt = tmp_path / "ckpt"
+    context = {"context_slices": 1, "context_step": 2}
+    overrides = train_overrides(
+        small_datasets["brats2020"], ckpt, epochs=2, val_interval=2, **context
+    )
+    assert_ok(bundle_run("training", ["train.yaml"], overrides))
+    shipped = torch.load(ckpt / "model.pt", weights_only=True)
+    assert shipped["settings"]["slice_context"] == [1, 2]
+    assert shipped["model"]["conv_in.conv.weight"].shape[1] == 1 + 4 * 3
+
+    case = sorted(p for p in small_datasets["brats2020"].iterdir() if p.is_dir())[0]
+    trained = {**context, "prediction_type": "v_prediction", "quicklook": False}
+    run = infer(case, tmp_path / "out", ckpt / "model.pt", **trained)
+    assert_ok(run)
+    mean = nib.load(output_path(tmp_path / "out", case.name, "mean"))
+    assert mean.shape == SMALL_SHAPE and 0 <= mean.get_fdata().min() <= mean.get_fdata().max() <= 1
+    assert np.allclose(mean.affine, nib.load(next(case.glob("*_t1.nii.gz"))).affine)
+    flat = infer(case, tmp_path / "flat", ckpt / "model.pt", **{**trained, "context_slices": 0})
+    assert_one_line_error(flat, str(ckpt / "model.pt"))
+    assert not (tmp_path / "flat" / case.name).exists()
 
 
 def test_weight_average_follows_the_network():

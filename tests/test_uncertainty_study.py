@@ -13,7 +13,14 @@ import torch
 
 from bundle.ensemble.networks import NetworkEnsemble
 from bundle.workflow.options import OptionError
-from scripts.uncertainty_study import choose, load_model
+from scripts.uncertainty_study import (
+    choose,
+    draw,
+    held_out_slices,
+    load_model,
+    model_slices,
+    stored_context,
+)
 from tests.bundle_cli import (
     BUNDLE_ENV,
     TINY_DIFFUSION_NET,
@@ -130,6 +137,21 @@ def test_a_list_of_checkpoints_is_one_seed_ensemble(tmp_path):
     torch.save(second, tmp_path / "c.pt")
     with pytest.raises(OptionError, match="predict different things"):
         load_model([str(first), str(tmp_path / "c.pt")], overrides)
+
+
+def test_a_network_trained_on_neighbouring_slices_gets_them_in_the_study(small_datasets, tmp_path):
+    dataset, cases, split, flat, overrides = study_inputs(small_datasets, tmp_path)
+    context = tiny_weights(tmp_path / "context.pt", with_settings=True, context_slices=1)
+    assert stored_context(str(flat)) is None and stored_context(str(context)) == (1, 2)
+    network, scheduler = load_model(str(context), overrides)
+    (case,) = held_out_slices(str(dataset), str(split), ["validation"], 4, overrides)
+    image = model_slices(case, stored_context(str(context)))
+    assert image.shape == (len(case["image"]), 12, *case["image"].shape[2:])
+    assert torch.equal(image[:, :4], case["image"])  # the slice's own modalities first
+    samples = draw(network, scheduler, image, "ddim", 2, 1.0, 2, 0)
+    assert samples.shape == (2, len(image), 1, *image.shape[2:])
+    with pytest.raises(OptionError, match="see different slices"):
+        load_model([str(flat), str(context)], overrides)
 
 
 @pytest.mark.slow

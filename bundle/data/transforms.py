@@ -152,6 +152,52 @@ class SelectSlicesd(MapTransform):
         return out
 
 
+def slice_offsets(context_slices: int, step: int = 1) -> list[int]:
+    """The axial offsets a slice's input channels come from, in channel order: the slice itself
+    first (so that its four modalities keep channels 0 to 3), then -s, +s, ..., -ks, +ks for
+    ``context_slices`` k and ``step`` s."""
+    return [0] + [sign * k * step for k in range(1, context_slices + 1) for sign in (-1, 1)]
+
+
+class SliceContextd(MapTransform):
+    """Give every axial slice of a (C, H, W, D) volume its ``context_slices`` neighbours on each
+    side, ``step`` slices apart, as further channels: (C * (2k + 1), H, W, D), in
+    :func:`slice_offsets`' order, the first and last slices repeated beyond the volume's ends.
+
+    A 2-D network then sees the tumour's extent above and below the slice it segments (2.5-D
+    input) while training, validation and inference still draw and sample single slices.
+    ``context_slices`` 0 leaves the volume as it is.
+
+    Args:
+        keys: the image keys.
+        context_slices: the neighbours on each side, k.
+        step: the slices from one neighbour to the next.
+    """
+
+    def __init__(self, keys: KeysCollection, context_slices: int = 0, step: int = 1) -> None:
+        super().__init__(keys)
+        if context_slices < 0 or step < 1:
+            raise ValueError(f"need context_slices >= 0, step >= 1; got {context_slices}, {step}.")
+        self.context_slices = context_slices
+        self.step = step
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        if not self.context_slices:
+            return d
+        for key in self.key_iterator(d):
+            volume = d[key]
+            plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
+            depth = plain.shape[-1]
+            index = torch.arange(depth)
+            parts = [
+                plain[..., (index + offset).clamp(0, depth - 1)]
+                for offset in slice_offsets(self.context_slices, self.step)
+            ]
+            d[key] = with_meta_of(torch.cat(parts, 0), volume)
+        return d
+
+
 def tumour_slice_indices(label: torch.Tensor, count: int) -> list[int]:
     """``count`` axial slices spread evenly over those of a (C, H, W, D) label with tumour, for
     benchmarks on the slices a sampler must get right."""

@@ -13,6 +13,7 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
+from bundle.data.layouts import MODALITIES
 from bundle.diffusion.process import network_input, x0_to_probability
 from bundle.diffusion.samplers import Sampler
 from bundle.ensemble.networks import NetworkEnsemble
@@ -43,8 +44,9 @@ class SliceEnsembleInferer(Inferer):
     the ``N * C`` sample channels, sample-major. ``nested`` makes every sample's channels nested
     regions (channel k inside channel k - 1, as BraTS's enhancing tumour lies in the core and the
     core in the whole tumour), so the mean and its thresholded masks are nested too. Slices with
-    no voxel of any channel where ``|value| > brain_threshold`` cost no network call and get 0
-    everywhere; so do the pixels of kept slices where no channel exceeds it (outside the brain).
+    no voxel of their own modalities where ``|value| > brain_threshold`` cost no network call
+    and get 0 everywhere; so do the pixels of kept slices where none exceeds it (outside the
+    brain).
     Only the in-plane bounding box of the brain, grown to a multiple of ``spatial_multiple``
     (what the network's downsampling needs), goes through the network. A MetaTensor input gives a
     MetaTensor output with the input's meta data, as ``Invertd`` needs.
@@ -113,9 +115,11 @@ class SliceEnsembleInferer(Inferer):
         return result
 
     def _brain(self, slices: torch.Tensor) -> torch.Tensor:
-        """The (S, 1, H, W) brain mask of (S, C, H, W) slices: where any channel's
-        ``|value| > brain_threshold``."""
-        return (slices.abs() > self.brain_threshold).any(1, keepdim=True)
+        """The (S, 1, H, W) brain mask of (S, C, H, W) slices: where any of the slice's own
+        modalities (the first four channels; the rest may be its neighbours',
+        :class:`~bundle.data.transforms.SliceContextd`) has ``|value| > brain_threshold``."""
+        own = slices[:, : len(MODALITIES)]
+        return (own.abs() > self.brain_threshold).any(1, keepdim=True)
 
     def _samples(
         self,
