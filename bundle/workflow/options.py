@@ -154,6 +154,7 @@ SWITCHES: tuple[str, ...] = (
 
 COUNTS = ("num_samples", "sampling_steps", "val_num_samples", "val_sampling_steps", "epochs")
 SIZES = (
+    "context_step",
     "batch_size",
     "cpu_batch_size",
     "cpu_workers",
@@ -167,7 +168,15 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     **dict.fromkeys(SWITCHES, flag),
     **dict.fromkeys((*COUNTS, *SIZES, "num_train_timesteps", "warmup_iterations"), whole(1)),
     **dict.fromkeys(
-        ("fold", "seed", "num_workers", "checkpoint_interval", "slice_box_multiple"), whole(0)
+        (
+            "fold",
+            "seed",
+            "num_workers",
+            "checkpoint_interval",
+            "slice_box_multiple",
+            "context_slices",
+        ),
+        whole(0),
     ),
     **dict.fromkeys(("image_size", "in_plane_spacing", "memory_budget_mb"), number(1e-6)),
     **dict.fromkeys(
