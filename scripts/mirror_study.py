@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.io.atomic import write_csv, write_text
+from bundle.io.atomic import publish, write_csv
 from bundle.workflow.configs import BUNDLE_ROOT
 from bundle.workflow.options import OptionError, run_cli
 from scripts.uncertainty_study import (
@@ -106,10 +106,8 @@ def mirror_study(
             f"| {s['errors_with_variance']:.3f} | {s['ece']:.4f} | {s['case_uncertainty']:.3f} "
             f"| {s['spearman']:.2f} |"
         )
-    report = "\n".join(lines) + "\n"
     write_csv(Path(output).with_suffix(".csv"), rows)
-    write_text(Path(output), report)
-    print(report)
+    publish("\n".join(lines) + "\n", output)
     return summary
 
 

@@ -112,7 +112,14 @@ def stored_context(ckpt: str | Sequence[str]) -> tuple[int, int] | None:
     """The neighbouring slices (k, step) the checkpoint's network was trained with, None for a
     2-D network; of a list of checkpoints, the first's (:func:`load_model` checks they match)."""
     first = ckpt if isinstance(ckpt, str) else ckpt[0]
-    settings = torch.load(first, map_location="cpu", weights_only=True)["settings"]
+    return _slice_context(_stored_settings(first))
+
+
+def _stored_settings(ckpt: str) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["settings"]
+
+
+def _slice_context(settings: dict) -> tuple[int, int] | None:
     context = settings.get("slice_context")
     return tuple(context) if context else None
 
@@ -145,14 +152,14 @@ def load_model(
         for target, (network, _) in zip(ensemble, members, strict=True):
             target.load_state_dict(network.state_dict())
         return ensemble.eval(), members[0][1]
-    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["settings"]["scheduler"]
-    context = stored_context(ckpt) or (0, 1)
+    stored = _stored_settings(ckpt)
+    scheduler, context = stored["scheduler"], _slice_context(stored) or (0, 1)
     parser = load_config(
         "inference.yaml",
         {
             **(overrides or {}),
-            "prediction_type": stored["prediction_type"],
-            "learn_sigma": stored["variance_type"] == "learned_range",
+            "prediction_type": scheduler["prediction_type"],
+            "learn_sigma": scheduler["variance_type"] == "learned_range",
             "context_slices": context[0],
             "context_step": context[1],
         },
