@@ -8,7 +8,10 @@ Per case, region (``--regions wt``: whole tumour; ``wt_tc_et``: whole tumour, co
 and ensemble size (the written segmentation, and ensembles of the first 1..N samples when the run
 saved them with ``--save_samples true``): Dice, HD95 (mm), Jaccard, and the uncertainty quality
 on brain voxels (variance on wrong vs right voxels, variance-error correlation, ECE of the mean
-map, UEO, QU-BraTS score). Writes ``cases.csv`` and ``summary.md`` under ``output``; the code is
+map, UEO, QU-BraTS score). The ensembles of saved samples are segmented as inference does:
+``--segmentation_threshold`` is the run's (default: the shipped whole-tumour weights' 0.4; 0.5
+for the U-Net and the three-region weights; one per folder as a list). Writes ``cases.csv`` and
+``summary.md`` under ``output``; the code is
 :func:`bundle.evaluation.scoring.evaluate`, which ``configs/evaluate.yaml`` runs too.
 """
 

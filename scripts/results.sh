@@ -20,8 +20,11 @@ infer() {  # config, output folder, extra overrides
 infer configs/inference.yaml diffusion --save_samples true
 infer "$UNET" unet
 infer "$UNET" mcdropout --mc_dropout true --save_samples true
+# each model's saved samples segmented at its own threshold of the mean, as its inference does
+THRESHOLDS=$(python -c "from bundle.ensemble.outputs import SEGMENTATION_THRESHOLD as d
+from bundle.ensemble.inferers import THRESHOLD as u; print([d, u, u])")
 python -m scripts.evaluate --dataset_dir "$DATA" --split testing --split_file "$SPLIT" \
-  --output "$EVAL" \
+  --output "$EVAL" --segmentation_threshold "$THRESHOLDS" \
   --predictions "['$OUT/diffusion','$OUT/unet','$OUT/mcdropout']" \
   --method "['diffusion (v, x0 loss, DDIM 5)','U-Net (deterministic)','U-Net + MC dropout']"
 HELD_OUT="4 held-out real cases"

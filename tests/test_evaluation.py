@@ -381,6 +381,38 @@ def test_one_table_for_several_methods(small_datasets, tmp_path):
         evaluate([str(tmp_path / "right")], str(small_datasets["brats2020"]), method=["A", "B"])
 
 
+def test_saved_samples_are_segmented_at_each_folders_threshold(small_datasets, tmp_path):
+    """Samples of 0.45 on the tumour: tumour for a folder evaluated at 0.4 (the diffusion
+    model's threshold), nothing at 0.5 (the U-Net's), in one table."""
+    cases = find_cases(small_datasets["brats2020"])
+    for name in ("diffusion", "unet"):
+        for case in cases:
+            truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+            samples = np.stack([truth * 0.45] * 2, -1).astype(np.float32)
+            mean = samples.mean(-1)
+            write_predictions(tmp_path / name, case, truth, mean, samples.var(-1), samples)
+    folders = [str(tmp_path / "diffusion"), str(tmp_path / "unet")]
+    summary = evaluate(
+        folders,
+        str(small_datasets["brats2020"]),
+        split="all",
+        output=str(tmp_path / "eval"),
+        method=["A", "B"],
+        min_component_fraction=0.0,  # every part of the labels
+        segmentation_threshold=[0.4, 0.5],
+    )
+    dice = {(s["method"], s["ensemble"]): s["dice"] for s in summary}
+    assert (dice["A", 2], dice["B", 2], dice["A", "each"], dice["B", "each"]) == (1, 0, 1, 0)
+    assert dice["A", "all"] == dice["B", "all"] == 1.0  # the written segmentation, as it is
+    with pytest.raises(ValueError, match="segmentation threshold"):
+        evaluate(
+            folders,
+            str(small_datasets["brats2020"]),
+            method=["A", "B"],
+            segmentation_threshold=[0.4],
+        )
+
+
 @pytest.mark.slow
 def test_evaluating_config_scores_each_region(small_datasets, tmp_path):
     dataset = small_datasets["brats2023"]  # labels 1 necrosis, 2 edema, 3 enhancing

@@ -9,10 +9,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from bundle.data.synthetic import make_demo_data
-from bundle.ensemble.outputs import VARIANCE_SLICE_SIGMA_MM, smooth_across_slices
+from bundle.ensemble.inferers import THRESHOLD
+from bundle.ensemble.outputs import (
+    MIN_COMPONENT_FRACTION,
+    SEGMENTATION_THRESHOLD,
+    VARIANCE_SLICE_SIGMA_MM,
+    segment,
+    smooth_across_slices,
+)
 from bundle.evaluation.metrics import expected_dice_gap, overlap
 from bundle.io.outputs import expected_outputs, output_path
 from bundle.workflow.configs import load_config
@@ -65,7 +73,16 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     weights = tiny_weights(tmp_path / "model.pt")
     out = tmp_path / "out"
     # each slice's own variance here (exact where the samples agree); pooled over slices below
-    result = infer(odd_case, out, weights, save_samples="true", variance_slice_sigma_mm=0)
+    # and a threshold of the mean other than the default, every part kept
+    result = infer(
+        odd_case,
+        out,
+        weights,
+        save_samples="true",
+        variance_slice_sigma_mm=0,
+        segmentation_threshold=0.45,
+        min_component_fraction=0,
+    )
     assert_ok(result)
     case = odd_case.name
     log = result.stdout + result.stderr
@@ -89,7 +106,7 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     assert 0.0 <= votes.min() and votes.max() <= 1.0 and votes.dtype == np.float32
     # brought back by nearest neighbour: every value a whole number of the 4 samples' votes
     np.testing.assert_allclose(votes * 4, np.round(votes * 4), atol=1e-5)
-    np.testing.assert_array_equal(seg, (mean > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(seg, (mean > 0.45).astype(np.uint8))
     # the summary line scores the written segmentation against the case's label, voxel for
     # voxel in the input's (permuted, oblique) grid, and gives the case's uncertainty score
     # and flags it for review when the score is above review_threshold (inference.yaml's)
@@ -120,14 +137,16 @@ def test_outputs_in_input_geometry(odd_case, tmp_path):
     assert mean[~brain].max() < 1e-6 and var[~brain].max() < 1e-6
     assert output_path(out, case, "quicklook").stat().st_size > 1000
 
-    # the same seed gives identical files, the variance pooled over the slices of the input's
-    # (permuted, oblique) grid by default; a new seed other samples
+    # the same seed gives the same mean, the variance pooled over the slices of the input's
+    # (permuted, oblique) grid by default, and by default the segmentation is the mean above
+    # the shipped threshold less its small parts; a new seed other samples
     again = tmp_path / "again"
     assert_ok(infer(odd_case, again, weights))
-    for key in ("mean", "pred"):
-        first, _ = read(output_path(out, case, key))
-        second, _ = read(output_path(again, case, key))
-        np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(read(output_path(again, case, "mean"))[0], mean)
+    mean_tensor = torch.from_numpy(mean[None])
+    default = segment(mean_tensor, MIN_COMPONENT_FRACTION, SEGMENTATION_THRESHOLD)[0].numpy()
+    np.testing.assert_array_equal(read(output_path(again, case, "pred"))[0], default)
+    assert not np.array_equal(default, seg)
     pooled = smooth_across_slices(var, var_img.affine, VARIANCE_SLICE_SIGMA_MM)
     np.testing.assert_allclose(read(output_path(again, case, "variance"))[0], pooled, atol=1e-6)
     assert VARIANCE_SLICE_SIGMA_MM > 0 and not np.allclose(pooled, var, atol=1e-4)
@@ -178,7 +197,11 @@ def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp
     case = next(p for p in sorted(small_datasets["brats2023"].iterdir()) if p.is_dir())
     weights = tiny_weights(tmp_path / "model.pt", regions="wt_tc_et")
     out = tmp_path / "out"
-    assert_ok(infer(case, out, weights, regions="wt_tc_et", save_samples=True, **clean_up))
+    # at the three-region weights' threshold of the mean (configs/wt_tc_et.yaml)
+    threshold = {"segmentation_threshold": THRESHOLD}
+    assert_ok(
+        infer(case, out, weights, regions="wt_tc_et", save_samples=True, **threshold, **clean_up)
+    )
     reference = nib.load(str(next(case.glob("*-t1n.nii.gz"))))
     mean, _ = read(output_path(out, case.name, "mean"))
     var, _ = read(output_path(out, case.name, "variance"))
@@ -193,9 +216,9 @@ def test_three_regions_give_nested_maps_and_a_brats_labelmap(small_datasets, tmp
     assert (np.diff(samples, axis=-1) <= 1e-6).all()
     assert (np.diff(mean, axis=-1) <= 1e-6).all()
     # the segmentation is one labelmap in the case's BraTS 2023 numbering (3 = enhancing): the
-    # mean > 0.5 exactly with --min_component_fraction 0, and by default less the small parts
-    # that inference removes (a few voxels of the random network's masks)
-    masks = mean > 0.5
+    # mean above the threshold exactly with --min_component_fraction 0, and by default less the
+    # small parts that inference removes (a few voxels of the random network's masks)
+    masks = mean > THRESHOLD
     expected = np.select([masks[..., 2], masks[..., 1], masks[..., 0]], [3, 1, 2], 0)
     kept = seg > 0
     np.testing.assert_array_equal(seg[kept], expected[kept])

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
-from bundle.ensemble.outputs import Segmentd
+from bundle.ensemble.inferers import THRESHOLD
+from bundle.ensemble.outputs import SEGMENTATION_THRESHOLD, Segmentd
+from tests.conftest import REPO
 
 
 def _mean(*boxes: tuple[slice, ...], channels: int = 1) -> torch.Tensor:
@@ -54,3 +57,19 @@ def test_regions_lose_the_same_parts_and_stay_nested():
     mean[(2, *SMALL)] = 0.9  # the innermost region only in the small part
     pred = _segment(mean, 0.2)
     assert [int(c.sum()) for c in pred] == [100, 100, 0]
+
+
+@pytest.mark.parametrize(
+    ("overlays", "threshold"),
+    [
+        ([], SEGMENTATION_THRESHOLD),  # the shipped diffusion weights': chosen on validation
+        (["baseline_unet_inference.yaml"], THRESHOLD),  # the U-Net's rule kept the paper's
+        (["wt_tc_et.yaml"], THRESHOLD),  # not chosen for the three-region weights
+    ],
+)
+def test_each_model_is_segmented_at_its_own_threshold(overlays, threshold):
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / name) for name in ["inference.yaml", *overlays]])
+    steps = parser.get_parsed_content("postprocessing").transforms
+    (segmentd,) = [step for step in steps if isinstance(step, Segmentd)]
+    assert segmentd.threshold == threshold and SEGMENTATION_THRESHOLD != THRESHOLD

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.ensemble.outputs import SEGMENTATION_THRESHOLD
 from bundle.io.outputs import output_path
 from scripts.stack_modalities import stack_modalities
 from tests.monailabel_app import (
@@ -79,11 +80,12 @@ def test_infer_task_returns_the_segmentation_with_mean_and_variance(
     assert seg.shape == reference.shape[:3]
     np.testing.assert_allclose(label.affine, reference.affine, atol=1e-4)
     assert set(np.unique(seg)) == {0, 1}
-    # the label file is the ensemble mean thresholded at 0.5 less its small parts, as the
-    # bundle's own inference writes it; mean and variance are still there, in the input's geometry
+    # the label file is the ensemble mean thresholded at the shipped threshold less its small
+    # parts, as the bundle's own inference writes it; mean and variance are still there, in the
+    # input's geometry
     mean, variance = after_post["mean"], after_post["variance"]
     assert mean.shape == variance.shape == (1, *reference.shape[:3])
-    above = (mean[0] > 0.5).numpy()
+    above = (mean[0] > SEGMENTATION_THRESHOLD).numpy()
     assert not (seg.astype(bool) & ~above).any() and seg.sum() > 0.99 * above.sum()
     assert float(variance.max()) > 0 and float(variance.min()) >= 0
     assert result["label_names"] == {"whole tumour": 1}

@@ -111,6 +111,7 @@ BAD_INFERENCE_OPTIONS = [
     ({"slice_box_multiple": -8}, "--slice_box_multiple must be a whole number >= 0, got -8"),
     ({"review_threshold": "high"}, "--review_threshold must be a number >= 0.0, got 'high'"),
     ({"min_component_fraction": 2}, "--min_component_fraction must be a number in [0.0, 1.0]"),
+    ({"segmentation_threshold": 1}, "--segmentation_threshold must be a number in [0.0, 1.0)"),
     ({"context_step": 0}, "--context_step must be a whole number >= 1, got 0"),
 ]
 """Typed overrides of `run inference` and what their one error line says."""

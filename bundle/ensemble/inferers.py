@@ -25,7 +25,8 @@ STATISTICS = ("mean", "variance", "votes")
 """The per-region maps of the ensemble, in the order of the inferer's output channels."""
 
 THRESHOLD = 0.5
-"""The paper's threshold: of the mean for the segmentation, of each sample for its vote."""
+"""The paper's threshold: of each sample for its vote, and of the mean for the segmentation
+(the shipped diffusion model's is :data:`bundle.ensemble.outputs.SEGMENTATION_THRESHOLD`)."""
 
 MEMBER_SEED_STRIDE = 1000
 """Member j of a :class:`NetworkEnsemble` draws its noise from ``seed + 1000 j``: apart from

@@ -26,6 +26,7 @@ from bundle.data.validation import check_geometry, load_nifti, read_voxels, vali
 from bundle.ensemble.inferers import STATISTICS, THRESHOLD
 from bundle.ensemble.outputs import (
     MIN_COMPONENT_FRACTION,
+    SEGMENTATION_THRESHOLD,
     VARIANCE_SLICE_SIGMA_MM,
     segment,
     smooth_across_slices,
@@ -211,13 +212,16 @@ def _statistics(
     regions: str,
     min_component_fraction: float,
     variance_slice_sigma_mm: float,
+    segmentation_threshold: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Labelmap, mean, variance and votes of samples (X, Y, Z, k, C), segmented as inference
-    does (mean > 0.5, small parts removed, nested), the variance pooled over slices as it
-    does."""
+    does (mean > ``segmentation_threshold``, small parts removed, nested), the variance pooled
+    over slices as it does."""
     mean, variance, votes = samples.mean(-2), samples.var(-2), (samples > THRESHOLD).mean(-2)
     variance = smooth_across_slices(variance, volumes["affine"], variance_slice_sigma_mm)
-    masks = segment(torch.from_numpy(np.moveaxis(mean, -1, 0)), min_component_fraction)
+    masks = segment(
+        torch.from_numpy(np.moveaxis(mean, -1, 0)), min_component_fraction, segmentation_threshold
+    )
     seg = regions_to_labelmap(masks, region_names(regions), volumes["layout"])[0].numpy()
     return seg, mean, variance, votes
 
@@ -227,15 +231,17 @@ def ensembles(
     regions: str,
     min_component_fraction: float = MIN_COMPONENT_FRACTION,
     variance_slice_sigma_mm: float = VARIANCE_SLICE_SIGMA_MM,
+    segmentation_threshold: float = SEGMENTATION_THRESHOLD,
 ) -> Iterator[tuple[str | int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(ensemble size, labelmap, mean, variance and votes (X, Y, Z, C)) of the written ensemble
     ("all"), of the first 1..N saved samples and of each saved sample alone (:data:`EACH`),
-    the latter segmented with ``min_component_fraction`` and their variance pooled over slices
-    with ``variance_slice_sigma_mm`` as inference does."""
+    the latter segmented with ``segmentation_threshold`` and ``min_component_fraction`` and
+    their variance pooled over slices with ``variance_slice_sigma_mm`` as inference does."""
     yield "all", volumes["seg"], *(volumes[key] for key in STATISTICS)
     samples = volumes["samples"]
     count = 0 if samples is None else samples.shape[-2]
-    settings = (volumes, regions, min_component_fraction, variance_slice_sigma_mm)
+    post = (min_component_fraction, variance_slice_sigma_mm, segmentation_threshold)
+    settings = (volumes, regions, *post)
     for k in range(1, count + 1):
         yield k, *_statistics(samples[..., :k, :], *settings)
     for j in range(count):
@@ -248,12 +254,13 @@ def evaluate_case(
     regions: str = "wt",
     min_component_fraction: float = MIN_COMPONENT_FRACTION,
     variance_slice_sigma_mm: float = VARIANCE_SLICE_SIGMA_MM,
+    segmentation_threshold: float = SEGMENTATION_THRESHOLD,
 ) -> list[dict]:
     """Rows of metrics for one case: per ensemble size, one per region."""
     volumes = load_case(case, predictions, regions)
     brain, layout = volumes["brain"], volumes["layout"]
     rows = []
-    post = (min_component_fraction, variance_slice_sigma_mm)
+    post = (min_component_fraction, variance_slice_sigma_mm, segmentation_threshold)
     for ensemble, seg, mean, variance, votes in ensembles(volumes, regions, *post):
         for c, region in enumerate(region_names(regions)):
             values = region_values(layout, region)
@@ -359,22 +366,34 @@ def evaluate(
     split_file: str | None = None,
     min_component_fraction: float = MIN_COMPONENT_FRACTION,
     variance_slice_sigma_mm: float = VARIANCE_SLICE_SIGMA_MM,
+    segmentation_threshold: float | Sequence[float] = SEGMENTATION_THRESHOLD,
 ) -> list[dict]:
     """Score every labelled case of ``split`` (``training``/``validation``/``testing`` as the
     datalist splits ``dataset_dir``; ``all`` for the whole folder) in each prediction folder.
 
     The written segmentation is scored as it is; the ensembles of the saved samples are
-    segmented as inference does, with ``min_component_fraction``, and their variance pooled over
-    slices with ``variance_slice_sigma_mm`` (set them as the run did).
+    segmented as inference does, their mean above ``segmentation_threshold`` with
+    ``min_component_fraction``, and their variance pooled over slices with
+    ``variance_slice_sigma_mm`` (set them as the run did).
 
     ``predictions`` and ``method`` may be lists (one method name per folder) for one table of
-    several methods. Writes ``cases.csv`` (one row per method, case, ensemble size and region)
-    and ``summary.md`` under ``output``, and returns the summary rows.
+    several methods, and ``segmentation_threshold`` too (one per folder: the U-Net's is 0.5).
+    Writes ``cases.csv`` (one row per method, case, ensemble size and region) and ``summary.md``
+    under ``output``, and returns the summary rows.
     """
     folders = [predictions] if isinstance(predictions, str | Path) else list(predictions)
     methods = [method] if isinstance(method, str) else list(method)
     if len(methods) != len(folders):
         raise ValueError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
+    thresholds = (
+        list(segmentation_threshold)
+        if isinstance(segmentation_threshold, Sequence)
+        else [segmentation_threshold] * len(folders)
+    )
+    if len(thresholds) != len(folders):
+        raise ValueError(
+            f"{len(folders)} prediction folder(s) but {len(thresholds)} segmentation threshold(s)"
+        )
     region_names(regions)  # fails early on an unknown setting
     cases = labelled_cases(
         dataset_dir, split, num_folds, fold, test_fraction, seed, split_file, folders
@@ -383,13 +402,12 @@ def evaluate(
         for case in cases:
             check_case(case, folder, regions)
     rows, summary = [], []
-    for folder, name in zip(folders, methods, strict=True):
+    for folder, name, threshold in zip(folders, methods, thresholds, strict=True):
+        post = (min_component_fraction, variance_slice_sigma_mm, threshold)
         method_rows = [
             {"method": name, **row}
             for case in cases
-            for row in evaluate_case(
-                case, folder, regions, min_component_fraction, variance_slice_sigma_mm
-            )
+            for row in evaluate_case(case, folder, regions, *post)
         ]
         rows += method_rows
         summary += summarise(method_rows, name)

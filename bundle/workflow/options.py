@@ -100,6 +100,17 @@ def number(low: float, high: float | None = None, high_included: bool = True) ->
     return check
 
 
+def each(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """``check`` of one value, or of every value of a list (a script's setting per folder)."""
+
+    def check_each(value: Any, name: str) -> Any:
+        if isinstance(value, list | tuple):
+            return [check(v, name) for v in value]
+        return check(value, name)
+
+    return check_each
+
+
 def choice(values: Collection[str]) -> Callable[[Any, str], str]:
     """A check of one of ``values`` (a dict's keys as they are when the check runs: a sampler
     registered later counts)."""
@@ -185,6 +196,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "ema_decay": number(0.0, 1.0, high_included=False),
     "sampling_eta": number(0.0, 1.0),
     "min_component_fraction": number(0.0, 1.0),
+    "segmentation_threshold": each(number(0.0, 1.0, high_included=False)),
     "test_fraction": number(0.0, 1.0, high_included=False),
     "split": choice(("all", *SPLITS)),
     "sampler": choice(SAMPLERS),
