@@ -12,6 +12,8 @@ HD95): ``fraction f`` keeps the connected parts with at least f times the larges
 of v ml or more (the largest always), and ``fraction f, holes filled`` fills the holes left
 after ``fraction f`` (``scipy.ndimage.binary_fill_holes``, as MONAI's ``FillHoles``) in 3-D or
 in each axial slice. The means over the cases decide (docs/results.md, "Removing small parts").
+With ``--thresholds "[0.3,0.4,0.5]"`` each clean-up is scored on the mean above each threshold
+(docs/results.md, "The threshold of the mean"; default: the paper's 0.5).
 """
 
 from __future__ import annotations
@@ -50,33 +52,51 @@ def study(
     fractions: Sequence[float] = (0.0, 0.1, 0.2, 1.0),
     sizes_ml: Sequence[float] = (1.0, 5.0),
     fill_holes_after: Sequence[float] = (0.2,),
+    thresholds: Sequence[float] = (THRESHOLD,),
     output: str | None = None,
 ) -> list[dict]:
-    """Score every clean-up on every case; print (and write to ``output``) a markdown table,
-    and return its rows: per case and clean-up, Dice and HD95."""
+    """Score every clean-up of the mean above each threshold on every case; print (and write to
+    ``output``) a markdown table, and return its rows: per case and clean-up, Dice and HD95."""
     wt = region_channel(region_names(regions), "wt")
     rows = []
     for loaded in loaded_cases(dataset_dir, predictions, split, split_file, regions):
-        mask = loaded["mean"][..., wt] > THRESHOLD
-        truth, spacing = loaded["label"] > 0, loaded["spacing"]
-        kept_by_fraction = {
-            f: keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
-            for f in dict.fromkeys([*fractions, *fill_holes_after])
-        }
-        cleaned = {f"fraction {f:g}": kept_by_fraction[f] for f in fractions}
-        voxel_ml = float(np.prod(spacing)) / 1000
-        for v in sizes_ml:
-            cleaned[f"at least {v:g} ml"] = keep_large_parts(mask, v / voxel_ml)
-        for f in fill_holes_after:
-            kept = kept_by_fraction[f]
-            cleaned[f"fraction {f:g}, holes filled in 3-D"] = ndimage.binary_fill_holes(kept)
-            by_slice = [ndimage.binary_fill_holes(kept[..., z]) for z in range(kept.shape[-1])]
-            cleaned[f"fraction {f:g}, holes filled by slice"] = np.stack(by_slice, -1)
-        for name, seg in cleaned.items():
-            metrics = segmentation_metrics(seg, truth, spacing)
-            rows.append({"clean_up": name, "case": loaded["case_id"], **metrics})
+        for threshold in thresholds:
+            prefix = f"mean > {threshold:g}, " if len(thresholds) > 1 else ""
+            for name, seg in clean_ups(
+                loaded["mean"][..., wt] > threshold,
+                loaded["spacing"],
+                fractions,
+                sizes_ml,
+                fill_holes_after,
+            ).items():
+                metrics = segmentation_metrics(seg, loaded["label"] > 0, loaded["spacing"])
+                rows.append({"clean_up": prefix + name, "case": loaded["case_id"], **metrics})
     publish(markdown(rows), output)
     return rows
+
+
+def clean_ups(
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    fractions: Sequence[float],
+    sizes_ml: Sequence[float],
+    fill_holes_after: Sequence[float],
+) -> dict[str, np.ndarray]:
+    """Each clean-up of a segmentation by name (see the module's docstring)."""
+    kept_by_fraction = {
+        f: keep_main_components(torch.from_numpy(mask)[None], f)[0].numpy()
+        for f in dict.fromkeys([*fractions, *fill_holes_after])
+    }
+    cleaned = {f"fraction {f:g}": kept_by_fraction[f] for f in fractions}
+    voxel_ml = float(np.prod(spacing)) / 1000
+    for v in sizes_ml:
+        cleaned[f"at least {v:g} ml"] = keep_large_parts(mask, v / voxel_ml)
+    for f in fill_holes_after:
+        kept = kept_by_fraction[f]
+        cleaned[f"fraction {f:g}, holes filled in 3-D"] = ndimage.binary_fill_holes(kept)
+        by_slice = [ndimage.binary_fill_holes(kept[..., z]) for z in range(kept.shape[-1])]
+        cleaned[f"fraction {f:g}, holes filled by slice"] = np.stack(by_slice, -1)
+    return cleaned
 
 
 def markdown(rows: list[dict]) -> str:

@@ -48,3 +48,25 @@ def test_each_clean_up_is_scored_on_each_case(small_datasets, tmp_path):
     # the hole inside each tumour costs the clean-up alone a voxel, which filling gives back
     for filled in ("in 3-D", "by slice"):
         assert rows[f"fraction 0.5, holes filled {filled}"][0] > found
+
+
+def test_each_threshold_of_the_mean_is_scored(small_datasets, tmp_path):
+    dataset = small_datasets["brats2020"]
+    predictions = tmp_path / "predictions"
+    for case in find_cases(dataset):  # a mean of 0.45 on the tumour: found only below 0.45
+        tumour = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+        mean = np.where(tumour, 0.45, 0.05)
+        write_predictions(predictions, case, mean > 0.4, mean, mean * 0.1)
+    report = tmp_path / "thresholds.md"
+    result = run_script(
+        "component_study", "--dataset_dir", dataset, "--predictions", predictions,
+        "--split", "all", "--fractions", "[0]", "--sizes_ml", "[]", "--fill_holes_after", "[]",
+        "--thresholds", "[0.4,0.5]", "--output", report,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    dice = {
+        cells[1].strip(): float(cells[2].split("|")[0])
+        for line in report.read_text().splitlines()[2:]
+        for cells in [line.split("|", 2)]
+    }
+    assert dice == {"mean > 0.4, fraction 0": 1.0, "mean > 0.5, fraction 0": 0.0}

@@ -206,7 +206,7 @@ EACH = "each"
 figure an ensemble's gain is measured against (the first sample alone is one draw's luck)."""
 
 
-def _statistics(
+def sample_statistics(
     samples: np.ndarray,
     volumes: dict,
     regions: str,
@@ -243,9 +243,9 @@ def ensembles(
     post = (min_component_fraction, variance_slice_sigma_mm, segmentation_threshold)
     settings = (volumes, regions, *post)
     for k in range(1, count + 1):
-        yield k, *_statistics(samples[..., :k, :], *settings)
+        yield k, *sample_statistics(samples[..., :k, :], *settings)
     for j in range(count):
-        yield EACH, *_statistics(samples[..., j : j + 1, :], *settings)
+        yield EACH, *sample_statistics(samples[..., j : j + 1, :], *settings)
 
 
 def evaluate_case(
