@@ -121,16 +121,23 @@ def whole_tumour_maps(out: dict, wt: int, mask_channels: int) -> tuple[np.ndarra
 
 
 def compare(
-    out: dict, baseline: dict, label: torch.Tensor, brain: np.ndarray, wt: int, mask_channels: int
+    out: dict,
+    baseline: dict,
+    label: torch.Tensor,
+    brain: np.ndarray,
+    wt: int,
+    mask_channels: int,
+    threshold: float,
 ) -> dict:
-    """A variant's network-grid maps against the baseline's and the label."""
+    """A variant's network-grid maps against the baseline's and the label, each mean above
+    ``threshold`` (the config's segmentation threshold)."""
     mean, var = whole_tumour_maps(out, wt, mask_channels)
     base_mean, base_var = whole_tumour_maps(baseline, wt, mask_channels)
-    seg, truth = mean > 0.5, label.numpy() > 0
+    seg, truth = mean > threshold, label.numpy() > 0
     quality = uncertainty_metrics(var, seg, truth, brain)
     return {
-        "dice_vs_baseline": overlap(seg, base_mean > 0.5)[0],
-        "voxels_differing": int((seg != (base_mean > 0.5)).sum()),
+        "dice_vs_baseline": overlap(seg, base_mean > threshold)[0],
+        "voxels_differing": int((seg != (base_mean > threshold)).sum()),
         "max_abs_mean_difference": float(np.abs(mean - base_mean).max()),
         "max_abs_variance_difference": float(np.abs(var - base_var).max()),
         "variance_total_ratio": float(var.sum() / max(base_var.sum(), 1e-12)),
@@ -168,6 +175,7 @@ def benchmark(
     scheduler = infer.get_parsed_content("noise_scheduler")
     mask_channels = infer.get_parsed_content("num_mask_channels")
     wt = region_channel(infer.get_parsed_content("region_names"), "wt")  # what is compared
+    threshold = infer.get_parsed_content("segmentation_threshold")  # ours and the reference's
     device = next(network.parameters()).device
     variants = {name: load_config(configs, settings | v) for name, v in VARIANTS.items()}
 
@@ -201,17 +209,19 @@ def benchmark(
     for name in VARIANTS:
         mean = whole_tumour_maps(outputs[name], wt, mask_channels)[0]
         ours_slices[name] = [
-            overlap(mean[..., z] > 0.5, label[..., z].numpy() > 0)[0] for z in picks
+            overlap(mean[..., z] > threshold, label[..., z].numpy() > 0)[0] for z in picks
         ]
         scores[name] = {
             "seconds_per_volume": statistics.median(seconds[name]),
             "seconds_each_round": seconds[name],
             "dice_volume": overlap(outputs[name]["seg"], truth)[0],
             "dice_reference_slices": float(np.mean(ours_slices[name])),
-            **compare(outputs[name], outputs[BASELINE], label, brain, wt, mask_channels),
+            **compare(outputs[name], outputs[BASELINE], label, brain, wt, mask_channels, threshold),
         }
     ref_dice = [
-        overlap(torch.stack(members[z]).mean(0)[wt].numpy() > 0.5, label[..., z].numpy() > 0)[0]
+        overlap(torch.stack(members[z]).mean(0)[wt].numpy() > threshold, label[..., z].numpy() > 0)[
+            0
+        ]
         for z in picks
     ]
     # the gap slice by slice: its spread says how far a few slices' means can be trusted
