@@ -460,3 +460,16 @@ def test_regions_must_match_the_prediction(small_datasets, tmp_path):
             output=str(tmp_path / "eval"),
             regions="wt_tc_et",
         )
+
+
+def test_a_threshold_per_folder_that_does_not_match_is_one_line(small_datasets, tmp_path):
+    for case in find_cases(small_datasets["brats2020"]):
+        truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
+        write_predictions(tmp_path / "pred", case, truth, truth * 1.0, np.zeros(truth.shape))
+    result = run_script(
+        "evaluate", "--predictions", f"['{tmp_path / 'pred'}']", "--method", "['A']",
+        "--dataset_dir", small_datasets["brats2020"], "--split", "all",
+        "--output", tmp_path / "eval", "--segmentation_threshold", "[0.4,0.5]",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "1 prediction folder(s) but 2 segmentation threshold(s)" in result.stderr

@@ -41,6 +41,7 @@ from bundle.evaluation.metrics import (
 )
 from bundle.io.atomic import write_csv, write_text
 from bundle.io.outputs import output_path
+from bundle.workflow.options import OptionError
 
 METRICS: tuple[str, ...] = ("dice", "hd95", "jaccard")
 UNCERTAINTY: tuple[str, ...] = (
@@ -384,14 +385,14 @@ def evaluate(
     folders = [predictions] if isinstance(predictions, str | Path) else list(predictions)
     methods = [method] if isinstance(method, str) else list(method)
     if len(methods) != len(folders):
-        raise ValueError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
+        raise OptionError(f"{len(folders)} prediction folder(s) but {len(methods)} method name(s)")
     thresholds = (
         list(segmentation_threshold)
         if isinstance(segmentation_threshold, Sequence)
         else [segmentation_threshold] * len(folders)
     )
     if len(thresholds) != len(folders):
-        raise ValueError(
+        raise OptionError(
             f"{len(folders)} prediction folder(s) but {len(thresholds)} segmentation threshold(s)"
         )
     region_names(regions)  # fails early on an unknown setting
