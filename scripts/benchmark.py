@@ -206,11 +206,10 @@ def benchmark(
 
     truth = np.asanyarray(nib.load(case["label"]).dataobj) > 0
     scores, ours_slices = {}, {}
+    slice_truth = {z: label[..., z].numpy() > 0 for z in picks}
     for name in VARIANTS:
         mean = whole_tumour_maps(outputs[name], wt, mask_channels)[0]
-        ours_slices[name] = [
-            overlap(mean[..., z] > threshold, label[..., z].numpy() > 0)[0] for z in picks
-        ]
+        ours_slices[name] = [overlap(mean[..., z] > threshold, slice_truth[z])[0] for z in picks]
         scores[name] = {
             "seconds_per_volume": statistics.median(seconds[name]),
             "seconds_each_round": seconds[name],
@@ -219,9 +218,7 @@ def benchmark(
             **compare(outputs[name], outputs[BASELINE], label, brain, wt, mask_channels, threshold),
         }
     ref_dice = [
-        overlap(torch.stack(members[z]).mean(0)[wt].numpy() > threshold, label[..., z].numpy() > 0)[
-            0
-        ]
+        overlap(torch.stack(members[z]).mean(0)[wt].numpy() > threshold, slice_truth[z])[0]
         for z in picks
     ]
     # the gap slice by slice: its spread says how far a few slices' means can be trusted

@@ -60,6 +60,7 @@ def study(
     wt = region_channel(region_names(regions), "wt")
     rows = []
     for loaded in loaded_cases(dataset_dir, predictions, split, split_file, regions):
+        truth = loaded["label"] > 0
         for threshold in thresholds:
             prefix = f"mean > {threshold:g}, " if len(thresholds) > 1 else ""
             for name, seg in clean_ups(
@@ -69,7 +70,7 @@ def study(
                 sizes_ml,
                 fill_holes_after,
             ).items():
-                metrics = segmentation_metrics(seg, loaded["label"] > 0, loaded["spacing"])
+                metrics = segmentation_metrics(seg, truth, loaded["spacing"])
                 rows.append({"clean_up": prefix + name, "case": loaded["case_id"], **metrics})
     publish(markdown(rows), output)
     return rows

@@ -402,12 +402,14 @@ def study(
     rows = []
     for model, ckpt in models.items():
         network, scheduler = load_model(ckpt, overrides)
+        # each case's input as this network takes it, stacked once for all settings and draws
         context = stored_context(ckpt)
+        inputs = {case["case_id"]: model_slices(case, context) for case in cases}
         for sampler, k, eta in settings:
             took, slices, case_rows = 0.0, 0, []
             for case, draw_seed in [(c, seed + d) for c in cases for d in range(draws)]:
                 picks = case["tumour_slices"][:ddpm_slices] if sampler == "ddpm" else slice(None)
-                image = model_slices(case, context)[picks]
+                image = inputs[case["case_id"]][picks]
                 start = time.perf_counter()
                 samples = draw(network, scheduler, image, sampler, k, eta, num_samples, draw_seed)
                 took, slices = took + time.perf_counter() - start, slices + len(image)

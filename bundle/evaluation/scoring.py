@@ -241,8 +241,13 @@ def ensembles(
     yield "all", volumes["seg"], *(volumes[key] for key in STATISTICS)
     samples = volumes["samples"]
     count = 0 if samples is None else samples.shape[-2]
-    post = (min_component_fraction, variance_slice_sigma_mm, segmentation_threshold)
-    settings = (volumes, regions, *post)
+    settings = (
+        volumes,
+        regions,
+        min_component_fraction,
+        variance_slice_sigma_mm,
+        segmentation_threshold,
+    )
     for k in range(1, count + 1):
         yield k, *sample_statistics(samples[..., :k, :], *settings)
     for j in range(count):
